@@ -1,0 +1,132 @@
+"""What every adapter provides to the generic handler, and the two stream framings.
+
+An adapter is a list of `Route`s. The generic handler in `gateway/routes.py` reads the body, calls `parse`,
+runs the request through the service and then either calls `render` (a finished result) or drives a
+`StreamRenderer` (one event at a time). Adapters never do I/O: ids and timestamps come in through `RequestContext`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+from gateway.types import GatewayError, InternalRequest, OutputEvent, Result, invalid
+
+
+@dataclass
+class RequestContext:
+    """Everything an adapter may know about the HTTP request besides its body, and the values it must not
+    invent itself (the id and the clock), so that parsing and rendering stay pure and testable."""
+
+    request_id: str
+    created: int
+    headers: dict[str, str] = field(default_factory=dict)
+    path_params: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    method: str = "POST"
+
+
+Frame = bytes
+
+
+class StreamRenderer(Protocol):
+    """Turns output events into wire frames for one streamed response; keeps whatever block/index state its
+    family needs. `error` renders a failure that happens after the headers went out."""
+
+    def start(self) -> list[Frame]: ...
+
+    def feed(self, event: OutputEvent) -> list[Frame]: ...
+
+    def error(self, err: GatewayError) -> list[Frame]: ...
+
+    def keepalive(self) -> list[Frame]: ...
+
+
+Parse = Callable[[Any, RequestContext], InternalRequest]
+Render = Callable[[Result, InternalRequest, RequestContext], Any]
+RenderError = Callable[[GatewayError], "tuple[int, Any]"]
+MakeStreamRenderer = Callable[[InternalRequest, RequestContext], StreamRenderer]
+
+
+@dataclass
+class Route:
+    """One endpoint of one family. `body` says how the handler reads the request body: 'json' (must be an
+    object), 'none' (GET/HEAD). `media_type` is the content type of `stream` responses."""
+
+    method: str
+    path: str
+    family: str
+    parse: Parse
+    render: Render
+    render_error: RenderError
+    stream: MakeStreamRenderer | None = None
+    media_type: str = "text/event-stream"
+    body: Literal["json", "none"] = "json"
+    name: str = ""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def compact_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse(data: Any, event: str | None = None) -> Frame:
+    """One Server-Sent Event, always ended by the blank line (clients drop a last event without it)."""
+    payload = data if isinstance(data, str) else compact_json(data)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+SSE_KEEPALIVE: Frame = b": ping\n\n"
+
+
+def ndjson(obj: Any) -> Frame:
+    """One NDJSON line: compact, newline-terminated, never a blank line."""
+    return (compact_json(obj) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small validation helpers shared by every family: the message names the field and what was expected.
+
+
+def expect_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body
+
+
+def get_typed(body: dict[str, Any], key: str, types: type | tuple[type, ...], what: str,
+              default: Any = None, required: bool = False, prefix: str = "") -> Any:
+    """Read `body[key]`, checking its type; None counts as absent. `what` names the expected type in the message."""
+    name = prefix + key
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise invalid(f"Missing required parameter: `{name}`.", name)
+        return default
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise invalid(f"Invalid type for `{name}`: expected {what}, got a boolean.", name)
+    if not isinstance(value, types):
+        raise invalid(f"Invalid type for `{name}`: expected {what}, got {type_name(value)}.", name)
+    return value
+
+
+def get_number(body: dict[str, Any], key: str, lo: float | None = None, hi: float | None = None,
+               integer: bool = False, prefix: str = "") -> Any:
+    """Read an optional number within [lo, hi]; booleans are not numbers."""
+    name = prefix + key
+    value = get_typed(body, key, int if integer else (int, float), "an integer" if integer else "a number",
+                      prefix=prefix)
+    if value is None:
+        return None
+    if lo is not None and value < lo or hi is not None and value > hi:
+        bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
+            f"at least {lo}" if lo is not None else f"at most {hi}")
+        raise invalid(f"Invalid value for `{name}`: expected a number {bounds}, got {value}.", name)
+    return value
+
+
+def type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)

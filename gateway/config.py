@@ -1,0 +1,133 @@
+"""Settings: defaults < YAML file < environment (`GATEWAY_*`) < command-line flags.
+
+Every setting is declared once in `SETTINGS` with its default, type and description; the YAML keys, the
+environment names and `python -m gateway check` all come from that one table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong key, type or value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    type: type
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "GATEWAY_" + self.key.upper()
+
+
+SETTINGS: list[Setting] = [
+    Setting("host", "127.0.0.1", str, "Address to listen on."),
+    Setting("port", 11435, int, "Port to listen on."),
+    Setting("log_level", "info", str, "Logging level: debug, info, warning, error."),
+    Setting("http_threads", 64, int, "HTTP worker threads (each open stream holds one)."),
+    Setting("max_body_bytes", 16 * 1024 * 1024, int, "Largest request body accepted (413 above)."),
+    Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key)."),
+    Setting("models_dirs", [], list, "Folders whose *.gguf files are served, named by file stem."),
+    Setting("models", [], list, "Models with their own settings: name, path, aliases, parallel, n_ctx, "
+                                "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads."),
+    Setting("aliases", {}, dict, "Extra names for models; keys may be globs (`claude-*: smollm2-135m-instruct`)."),
+    Setting("embedded_model", True, bool, "Serve the embedded SmolLM2-135M-Instruct model."),
+    Setting("parallel", 4, int, "Sequences decoded together per model (continuous batching)."),
+    Setting("n_ctx", 0, int, "Context size per model; 0 means the model's trained context capped at 8192."),
+    Setting("n_batch", 512, int, "Most tokens in one decode step."),
+    Setting("prefill_chunk", 256, int, "Most prompt tokens added to a step while other sequences generate."),
+    Setting("n_threads", 0, int, "CPU threads for decoding; 0 means the number of physical cores."),
+    Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
+    Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
+]
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass
+class Settings:
+    values: dict[str, Any] = field(default_factory=lambda: {s.key: s.default for s in SETTINGS})
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    if isinstance(value, str) and setting.type is not str:
+        try:
+            value = json.loads(value) if setting.type in (list, dict) else value
+            if setting.type is bool:
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+            elif setting.type in (int, float):
+                value = setting.type(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: `{setting.key}` must be {setting.type.__name__}, got {value!r}") from exc
+        if setting.type is list and isinstance(value, str):
+            value = [value]
+    if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if setting.type is list and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, setting.type) or (setting.type is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: `{setting.key}` must be {setting.type.__name__}, got {value!r}")
+    return value
+
+
+def load_settings(config_file: str | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Merge the layers; an unknown key in the YAML file or a wrong type anywhere is a ConfigError."""
+    settings = Settings()
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("GATEWAY_CONFIG")
+    if config_file:
+        try:
+            with open(config_file) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: the top level must be a mapping of settings")
+        for key, value in data.items():
+            if key not in _BY_KEY:
+                raise ConfigError(f"{config_file}: unknown setting `{key}`")
+            settings.values[key] = _coerce(_BY_KEY[key], value, config_file)
+    for setting in SETTINGS:
+        if setting.env in env:
+            settings.values[setting.key] = _coerce(setting, env[setting.env], setting.env)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            settings.values[key] = _coerce(_BY_KEY[key], value, f"--{key.replace('_', '-')}")
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    positive = ("port", "http_threads", "parallel", "n_batch", "prefill_chunk", "max_body_bytes")
+    for key in positive:
+        if settings.values[key] <= 0:
+            raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")
+    if settings.parallel > 256:
+        raise ConfigError(f"`parallel` must be at most 256, got {settings.parallel}")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"`log_level` must be debug, info, warning or error, got {settings.log_level!r}")
+
+
+def describe(settings: Settings) -> str:
+    """Every setting with its value, environment name and meaning (for `python -m gateway check`)."""
+    lines = []
+    for s in SETTINGS:
+        lines.append(f"{s.key} = {json.dumps(settings.values[s.key])}    # {s.env}: {s.help}")
+    return "\n".join(lines)

@@ -1,0 +1,406 @@
+"""One loaded model served with continuous batching by a single thread that alone owns its llama context.
+
+Each step is one `llama_decode` of one batch: the next token of every generating sequence plus prompt chunks of
+sequences still in prefill, within `n_batch`. Jobs join and leave between steps; cancels are messages too, so
+the decode loop never waits on a lock that a request thread holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import llama_cpp
+
+from gateway.engine.detokenize import TextStream
+from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
+from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
+from gateway.engine.logprobs import token_logprobs
+from gateway.engine.sampling import SamplerChain, SamplingDefaults
+from gateway.types import ErrorKind, GatewayError
+
+log = logging.getLogger("gateway.engine")
+
+
+@dataclass
+class ExecutorSettings:
+    parallel: int = 4
+    n_ctx: int | None = None  # None: the model's trained context, capped at 8192
+    n_batch: int = 512
+    prefill_chunk: int = 256  # prompt tokens one sequence may add to a step while others generate
+    n_threads: int | None = None
+    max_queue: int = 64
+    load: LoadParams | None = None
+
+
+class _Slot:
+    """One llama sequence id and what its KV cache holds; `handle` is None when the slot is free."""
+
+    def __init__(self, seq_id: int):
+        self.seq_id = seq_id
+        self.tokens: list[int] = []  # tokens whose KV entries are in the cache, positions 0..len-1
+        self.handle: JobHandle | None = None
+        self.last_used = 0.0
+        self.pending: list[int] = []
+        self.next_token: int | None = None
+        self.mark: tuple[int, list[int]] = (0, [])
+
+    def begin(self, handle: JobHandle, pending: list[int], cached: int, sampler: SamplerChain) -> None:
+        self.handle = handle
+        self.pending = pending  # prompt tokens still to evaluate
+        self.cached = cached
+        self.sampler = sampler
+        self.text = TextStream(handle.job.stop)
+        self.next_token: int | None = None
+        self.generated = 0
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+
+
+class Executor:
+    """Runs one model. `submit` and `cancel` may be called from any thread; everything else runs in `_loop`."""
+
+    def __init__(self, name: str, path: str, settings: ExecutorSettings):
+        self.name = name
+        self.settings = settings
+        self.model = LlamaModel(path, settings.load or LoadParams())
+        self.n_ctx = settings.n_ctx or min(self.model.n_ctx_train or 4096, 8192)
+        self.parallel = max(1, min(settings.parallel, 256))
+        self.n_threads = settings.n_threads or physical_cores()
+        self.n_batch = max(settings.n_batch, self.parallel)
+        self.defaults = SamplingDefaults()
+        self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads)
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._embed_ctx = None
+        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._waiting: deque[JobHandle] = deque()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
+        self._submitted = 0
+        self._admitted = 0  # written by the loop thread only
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"executor-{name}", daemon=True)
+        self._thread.start()
+
+    # -- called from request threads -----------------------------------------------------------------------
+
+    def submit(self, job: GenerationJob, sink: queue.SimpleQueue | None = None, tag: int = 0) -> JobHandle:
+        """Queue a job; refuse at once if it cannot fit the context or the wait queue is full."""
+        self._check_fits(job)
+        handle = JobHandle(job, self._request_cancel, sink, tag)
+        with self._submit_lock:
+            waiting = self._submitted - self._admitted
+            if waiting >= self.settings.max_queue:
+                raise GatewayError(ErrorKind.OVERLOADED,
+                                   f"The server is busy: {waiting} requests are already waiting for `{self.name}`.")
+            self._submitted += 1
+        self._inbox.put(("job", handle))
+        return handle
+
+    def _check_fits(self, job: GenerationJob) -> None:
+        n_prompt = len(job.prompt)
+        if n_prompt == 0:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "The prompt is empty after tokenization.", "prompt")
+        if n_prompt + job.max_tokens > self.n_ctx:
+            raise GatewayError(
+                ErrorKind.CONTEXT_OVERFLOW,
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                f"{n_prompt + job.max_tokens} tokens ({n_prompt} in the prompt, {job.max_tokens} for the "
+                f"completion). Please reduce the length of the prompt or the maximum number of tokens.",
+                "messages")
+
+    def _request_cancel(self, handle: JobHandle) -> None:
+        self._inbox.put(("cancel", handle))
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Embed token lists on the loop thread (it owns every context of this model); blocks the caller."""
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox.put(("embed", (inputs, reply)))
+        result = reply.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def stats(self) -> dict:
+        busy = sum(1 for s in self._slots if s.handle is not None)
+        return {"parallel": self.parallel, "busy": busy, "waiting": len(self._waiting), "n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout=30)
+
+    # -- the loop thread -------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                idle = not self._waiting and all(s.handle is None for s in self._slots)
+                self._drain_inbox(block=idle)
+                self._admit()
+                if any(s.handle is not None for s in self._slots):
+                    self._step()
+        except Exception as exc:  # a bug here must not leave request threads waiting forever
+            log.exception("executor %s stopped", self.name)
+            self._fail_everything(GatewayError(ErrorKind.INTERNAL, f"The model executor failed: {exc}"))
+        finally:
+            self._free()
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            message = self._inbox.get() if block else self._inbox.get_nowait()
+            while True:
+                self._handle_message(*message)
+                message = self._inbox.get_nowait()
+        except queue.Empty:
+            return
+
+    def _handle_message(self, kind: str, payload) -> None:
+        if kind == "job":
+            self._waiting.append(payload)
+        elif kind == "cancel":
+            self._cancel(payload)
+        elif kind == "embed":
+            inputs, reply = payload
+            try:
+                reply.put(self._embed(inputs))
+            except BaseException as exc:
+                reply.put(exc)
+        elif kind == "stop":
+            self._stopping = True
+
+    def _cancel(self, handle: JobHandle) -> None:
+        if handle in self._waiting:
+            self._waiting.remove(handle)
+            self._admitted += 1
+            handle.emit(Finished("cancelled", len(handle.job.prompt), 0, 0))
+            return
+        for slot in self._slots:
+            if slot.handle is handle:
+                self._finish(slot, "cancelled")
+
+    def _admit(self) -> None:
+        """Give free sequences to waiting jobs, first come first served, reusing cached prefixes."""
+        while self._waiting:
+            free = [s for s in self._slots if s.handle is None]
+            if not free:
+                return
+            handle = self._waiting.popleft()
+            self._admitted += 1
+            prompt = handle.job.prompt
+            slot = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
+            cached = self._reuse_prefix(slot, prompt)
+            try:
+                sampler = SamplerChain(self.model.vocab, self.model.n_vocab, handle.job.sampling, self.defaults,
+                                       handle.job.grammar)
+            except GatewayError as err:
+                handle.emit(Finished("error", len(prompt), 0, 0, error=err))
+                continue
+            slot.begin(handle, prompt[cached:], cached, sampler)
+            handle.emit(Started(len(prompt), cached))
+
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """Keep the longest prefix of `prompt` already in the cache (this slot's, or copied from another slot's)
+        and drop the rest; at least one prompt token is always evaluated so the first token has logits."""
+        own = _common_prefix(slot.tokens, prompt)
+        donor, best = None, own
+        for other in self._slots:
+            if other is not slot:
+                n = _common_prefix(other.tokens, prompt)
+                if n > best:
+                    donor, best = other, n
+        if donor is not None:
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, 0, best)
+            slot.tokens = prompt[:best]
+        keep = min(best, len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            keep = 0
+        slot.tokens = slot.tokens[:keep]
+        return keep
+
+    def _step(self) -> None:
+        """Build one batch (a token per generating sequence, then prompt chunks), decode it, sample, emit."""
+        n = 0
+        outputs: list[tuple[_Slot, int]] = []
+        active = [s for s in self._slots if s.handle is not None]
+        for slot in active:
+            slot.mark = (len(slot.tokens), slot.pending)
+            if slot.next_token is not None:
+                self._put(n, slot.next_token, len(slot.tokens), slot.seq_id, True)
+                slot.tokens.append(slot.next_token)
+                outputs.append((slot, n))
+                n += 1
+        # While others generate, a step takes at most `prefill_chunk` prompt tokens: that bounds how much a
+        # newcomer's prefill slows every running stream (see bench/README.md for the trade).
+        budget = self.n_batch - n if n == 0 else min(self.n_batch - n, self.settings.prefill_chunk)
+        for slot in sorted((s for s in active if s.pending), key=lambda s: s.started_at):
+            if budget <= 0:
+                break
+            chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
+            budget -= len(chunk)
+            for i, token in enumerate(chunk):
+                last = not slot.pending and i == len(chunk) - 1
+                self._put(n, token, len(slot.tokens), slot.seq_id, last)
+                slot.tokens.append(token)
+                if last:
+                    outputs.append((slot, n))
+                n += 1
+        self._batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            self._decode_failed(rc, active)
+            return
+        for slot, row in outputs:
+            self._sample(slot, row)
+
+    def _put(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+
+    def _decode_failed(self, rc: int, active: list[_Slot]) -> None:
+        """No KV room (1; llama.cpp has restored the cache): drop idle sequences' caches and retry next step,
+        or, with none left to drop, end the longest sequence with `length`. Other codes fail the batch."""
+        for slot in active:
+            n_before, pending = slot.mark
+            slot.tokens, slot.pending = slot.tokens[:n_before], pending
+        if rc == 1:
+            idle = [s for s in self._slots if s.handle is None and s.tokens]
+            for slot in idle:
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.tokens = []
+            if not idle:
+                self._finish(max(active, key=lambda s: len(s.tokens)), "length")
+            return
+        err = GatewayError(ErrorKind.INTERNAL, f"llama_decode failed with status {rc}.")
+        for slot in active:
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            slot.tokens = []
+            self._finish(slot, "error", err)
+
+    def _sample(self, slot: _Slot, row: int) -> None:
+        token = slot.sampler.sample(self._ctx, row)
+        now = time.monotonic()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+        job = slot.handle.job
+        if token in self.model.eog:
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        logprobs = None
+        if job.logprobs is not None:
+            logits = llama_cpp.llama_get_logits_ith(self._ctx, row)
+            logprobs = [token_logprobs(logits, self.model.n_vocab, token, job.logprobs, self.model.pieces)]
+        text = slot.text.push(self.model.pieces[token])
+        if text or logprobs:
+            slot.handle.emit(Piece(text, logprobs))
+        if slot.text.matched_stop is not None:
+            self._finish(slot, "stop")
+        elif slot.generated >= job.max_tokens or len(slot.tokens) >= self.n_ctx:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str, error: GatewayError | None = None) -> None:
+        handle = slot.handle
+        tail = slot.text.flush()
+        if tail and reason in ("stop", "length"):
+            handle.emit(Piece(tail))
+        now = time.monotonic()
+        first = slot.first_token_at or now
+        handle.emit(Finished(
+            reason=reason, prompt_tokens=len(handle.job.prompt), cached_tokens=slot.cached,
+            completion_tokens=slot.generated, stop_sequence=slot.text.matched_stop,
+            queued_seconds=slot.started_at - handle.submitted_at, prompt_seconds=first - slot.started_at,
+            generation_seconds=now - first, error=error))
+        slot.sampler.free()
+        slot.handle = None
+        slot.pending = []
+        slot.last_used = now
+
+    def _fail_everything(self, err: GatewayError) -> None:
+        for slot in self._slots:
+            if slot.handle is not None:
+                self._finish(slot, "error", err)
+        while self._waiting:
+            handle = self._waiting.popleft()
+            handle.emit(Finished("error", len(handle.job.prompt), 0, 0, error=err))
+        self._drain_pending_messages(err)
+
+    def _drain_pending_messages(self, err: GatewayError) -> None:
+        try:
+            while True:
+                kind, payload = self._inbox.get_nowait()
+                if kind == "job":
+                    payload.emit(Finished("error", len(payload.job.prompt), 0, 0, error=err))
+                elif kind == "embed":
+                    payload[1].put(err)
+        except queue.Empty:
+            return
+
+    # -- embeddings ------------------------------------------------------------------------------------------
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        if self._embed_ctx is None:
+            n_ctx = min(self.model.n_ctx_train or 2048, 2048)
+            pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            declared = self.model.meta(f"{self.model.meta('general.architecture')}.pooling_type")
+            if declared and declared.isdigit() and int(declared) > 0:
+                pooling = int(declared)
+            self._embed_ctx = new_context(self.model, n_ctx, n_ctx, 1, self.n_threads, embeddings=True,
+                                          pooling=pooling)
+            self._embed_n_ctx = n_ctx
+            self._embed_batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        return [self._embed_one(tokens) for tokens in inputs]
+
+    def _embed_one(self, tokens: list[int]) -> list[float]:
+        if not tokens:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "An input is empty after tokenization.", "input")
+        if len(tokens) > self._embed_n_ctx:
+            raise GatewayError(ErrorKind.CONTEXT_OVERFLOW,
+                               f"An input has {len(tokens)} tokens; the embedding context holds "
+                               f"{self._embed_n_ctx}.", "input")
+        ctx, batch = self._embed_ctx, self._embed_batch
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        batch.n_tokens = len(tokens)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise GatewayError(ErrorKind.INTERNAL, f"llama_decode failed with status {rc} while embedding.")
+        ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+        vector = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))[: self.model.n_embd]
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+    def _free(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        if self._embed_ctx is not None:
+            llama_cpp.llama_batch_free(self._embed_batch)
+            llama_cpp.llama_free(self._embed_ctx)
+        self.model.free()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,83 @@
+"""The engine's contract: what a request thread submits and what it reads back.
+
+A `GenerationJob` is already validated and tokenized; the engine never sees API fields. Events come back on the
+job's own queue, so a request thread blocks only on its own output and never on the decode loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Union
+
+from gateway.types import GatewayError, SamplingParams, TokenLogprob
+
+
+@dataclass
+class GenerationJob:
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: off; N: the chosen token plus the top N alternatives
+    grammar: str | None = None
+
+
+@dataclass
+class Started:
+    """The job got a sequence; `cached_tokens` of its prompt were already in the KV cache."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Piece:
+    """Final text for one or more sampled tokens (text may be empty while a stop string or UTF-8 is held back)."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+EngineFinish = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass
+class Finished:
+    reason: EngineFinish
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    stop_sequence: str | None = None
+    queued_seconds: float = 0.0
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    error: GatewayError | None = None
+
+
+EngineEvent = Union[Started, Piece, Finished]
+
+
+class JobHandle:
+    """A submitted job as its request thread sees it. Events go to `sink` tagged with `tag`, so one request
+    with several choices (n > 1, several prompts) waits on a single queue for all of them."""
+
+    def __init__(self, job: GenerationJob, cancel: Callable[[JobHandle], None],
+                 sink: queue.SimpleQueue | None = None, tag: int = 0):
+        self.job = job
+        self.sink: queue.SimpleQueue[tuple[int, EngineEvent]] = sink if sink is not None else queue.SimpleQueue()
+        self.tag = tag
+        self.submitted_at = time.monotonic()
+        self._cancel = cancel
+        self.finished = False
+
+    def emit(self, event: EngineEvent) -> None:
+        """Called by the executor thread only."""
+        if isinstance(event, Finished):
+            self.finished = True
+        self.sink.put((self.tag, event))
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self._cancel(self)

@@ -1,0 +1,171 @@
+"""A loaded GGUF model and what every thread may ask of it: the vocabulary, tokenizing, token text.
+
+llama-cpp-python's low-level bindings are thin ctypes wrappers; this module keeps the pointer juggling in one
+place. Decoding contexts are owned by the executor thread; the model and vocabulary are read-only after loading
+and safe to use from HTTP threads (tokenizing, detokenizing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+log = logging.getLogger("gateway.engine")
+
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_log_callback = None  # kept referenced: llama.cpp calls it from C for the process lifetime
+
+
+def _route_llama_log(level: int, text: bytes, _user_data) -> None:
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:  # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+        log.log({3: logging.WARNING, 4: logging.ERROR}.get(level, logging.DEBUG), "llama.cpp: %s", message)
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and send its log through Python logging (it prints otherwise)."""
+    global _backend_ready, _log_callback
+    with _backend_lock:
+        if _backend_ready:
+            return
+        _log_callback = llama_cpp.llama_log_callback(_route_llama_log)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def physical_cores() -> int:
+    """The number of physical cores this process may use: llama.cpp decodes fastest with one thread per core."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            phys = core = ""
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "physical id":
+                    phys = value
+                elif key == "core id":
+                    core = value
+                elif not key and core:
+                    cores.add((phys, core))
+                    phys = core = ""
+            if core:
+                cores.add((phys, core))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+@dataclass
+class LoadParams:
+    """How a model is loaded; fixed for the life of the loaded model (requests never change these)."""
+
+    n_gpu_layers: int = 0
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    tensor_split: list[float] | None = None
+    use_mmap: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class LlamaModel:
+    """A GGUF model's weights and vocabulary."""
+
+    def __init__(self, path: str, params: LoadParams):
+        init_backend()
+        mp = llama_cpp.llama_model_default_params()
+        mp.n_gpu_layers = params.n_gpu_layers
+        mp.split_mode = SPLIT_MODES[params.split_mode]
+        mp.main_gpu = params.main_gpu
+        if params.tensor_split:
+            n_dev = llama_cpp.llama_max_devices()
+            values = list(params.tensor_split)[:n_dev] + [0.0] * max(0, n_dev - len(params.tensor_split))
+            self._tensor_split = (ctypes.c_float * n_dev)(*values)  # llama.cpp copies it at load
+            mp.tensor_split = self._tensor_split
+        self.ptr = llama_cpp.llama_model_load_from_file(path.encode(), mp)
+        if not self.ptr:
+            raise RuntimeError(f"llama.cpp could not load the model file {path}")
+        self.path = path
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.ptr)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.pieces = [self._piece(t, special=False) for t in range(self.n_vocab)]
+        self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.pieces[token].decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buf = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.pieces[t] for t in tokens if 0 <= t < self.n_vocab).decode("utf-8", errors="replace")
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def free(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def new_context(model: LlamaModel, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int,
+                embeddings: bool = False, pooling: int = -1):
+    """A llama context; the caller's thread becomes its only user."""
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = n_batch
+    cp.n_ubatch = n_batch if embeddings else min(n_batch, 512)
+    cp.n_seq_max = n_seq_max
+    cp.n_threads = n_threads
+    cp.n_threads_batch = n_threads
+    cp.kv_unified = True
+    cp.no_perf = True
+    cp.embeddings = embeddings
+    cp.pooling_type = pooling
+    ctx = llama_cpp.llama_init_from_model(model.ptr, cp)
+    if not ctx:
+        raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens for {model.path}")
+    return ctx
