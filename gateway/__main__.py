@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import runpy
 import sys
 from typing import Any
 
@@ -41,7 +42,9 @@ def serve(settings: Settings) -> None:
 
     class GatewayServer(BaseApplication):
         def load_config(self) -> None:
-            self.load_config_from_file(_gunicorn_conf())
+            for key, value in runpy.run_path(_gunicorn_conf()).items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("threads", settings.http_threads)
             self.cfg.set("loglevel", settings.log_level)

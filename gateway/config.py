@@ -65,24 +65,30 @@ class Settings:
             raise AttributeError(key) from None
 
 
+def _from_text(setting: Setting, text: str) -> Any:
+    """Environment values are text: JSON for lists and maps (or one bare list item), words for booleans."""
+    if setting.type is bool:
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if setting.type in (int, float):
+        return setting.type(text)
+    if setting.type is list and not text.lstrip().startswith("["):
+        return [text]
+    if setting.type in (list, dict):
+        return json.loads(text)
+    return text
+
+
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    wrong = ConfigError(f"{source}: `{setting.key}` must be {setting.type.__name__}, got {value!r}")
     if isinstance(value, str) and setting.type is not str:
         try:
-            value = json.loads(value) if setting.type in (list, dict) else value
-            if setting.type is bool:
-                value = value.strip().lower() in ("1", "true", "yes", "on")
-            elif setting.type in (int, float):
-                value = setting.type(value)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: `{setting.key}` must be {setting.type.__name__}, got {value!r}") from exc
-        if setting.type is list and isinstance(value, str):
-            value = [value]
+            value = _from_text(setting, value)
+        except ValueError:
+            raise wrong from None
     if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if setting.type is list and isinstance(value, str):
-        value = [value]
     if not isinstance(value, setting.type) or (setting.type is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: `{setting.key}` must be {setting.type.__name__}, got {value!r}")
+        raise wrong
     return value
 
 

@@ -77,30 +77,32 @@ class ModelRegistry:
         now rather than a confusing 404 later."""
         configured = [_spec_from_entry(e, i) for i, e in enumerate(entries)]
         specs: dict[str, ModelSpec] = {}
-        for spec in configured:
+        for index, spec in enumerate(configured):
             if spec.name in specs:
-                raise ValueError(f"models[]: the name {spec.name!r} is configured twice")
+                raise ValueError(f"models[{index}].name: {spec.name!r} is configured twice")
             specs[spec.name] = spec
         for spec in _scan_dirs(models_dirs):
             specs.setdefault(spec.name, spec)
-        embedded = _embedded_spec() if include_embedded else None
-        if embedded is not None:
-            specs.setdefault(embedded.name, embedded)
+        if include_embedded:
+            specs.setdefault(EMBEDDED_MODEL_NAME, _embedded_spec())
         all_aliases = _collect_aliases(configured, aliases, specs)
         specs = {n: dataclasses.replace(s, aliases=_exact_aliases_of(n, all_aliases)) for n, s in specs.items()}
-        default_name = configured[0].name if configured else (embedded.name if embedded else None)
-        return cls(list(specs.values()), all_aliases, specs.get(default_name) if default_name else None)
+        default_name = configured[0].name if configured else EMBEDDED_MODEL_NAME
+        return cls(list(specs.values()), all_aliases, specs.get(default_name))
 
     def resolve(self, name: str) -> ModelSpec:
-        """Exact name, then exact alias, then glob alias in configured order; an Ollama ':latest' tag is
-        ignored because Ollama clients add it to names that have no tag."""
-        for candidate in _candidates(name):
-            target = self._lookup(candidate)
-            if target is not None:
-                return self._specs[target]
-        raise GatewayError(
-            ErrorKind.NOT_FOUND, f"The model `{name}` does not exist.", param="model", code="model_not_found"
-        )
+        """Exact name, then exact alias, then glob alias in configured order. An Ollama ':latest' tag is
+        ignored in exact matches because Ollama clients add it to names that have no tag."""
+        target = self._exact_target(name)
+        if target is None and name.endswith(":latest"):
+            target = self._exact_target(name.removesuffix(":latest"))
+        if target is None:
+            target = next((t for pattern, t in self._globs if fnmatch.fnmatchcase(name, pattern)), None)
+        if target is None:
+            raise GatewayError(
+                ErrorKind.NOT_FOUND, f"The model `{name}` does not exist.", param="model", code="model_not_found"
+            )
+        return self._specs[target]
 
     def specs(self) -> list[ModelSpec]:
         return list(self._specs.values())
@@ -127,21 +129,8 @@ class ModelRegistry:
             loaded=loaded,
         )
 
-    def _lookup(self, name: str) -> str | None:
-        if name in self._specs:
-            return name
-        if name in self._exact:
-            return self._exact[name]
-        for pattern, target in self._globs:
-            if fnmatch.fnmatchcase(name, pattern):
-                return target
-        return None
-
-
-def _candidates(name: str) -> list[str]:
-    if name.endswith(":latest"):
-        return [name, name.removesuffix(":latest")]
-    return [name]
+    def _exact_target(self, name: str) -> str | None:
+        return name if name in self._specs else self._exact.get(name)
 
 
 def _is_glob(alias: str) -> bool:

@@ -1,0 +1,199 @@
+"""Model discovery and name resolution over temporary folders of links to the embedded GGUF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
+from gateway.models.registry import ModelRegistry, ModelSpec
+from gateway.types import ErrorKind, GatewayError
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    path = embedded_model_path()
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, smollm2: str) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "alpha.gguf").symlink_to(smollm2)
+    (folder / "beta.gguf").symlink_to(smollm2)
+    (folder / "notes.txt").write_text("not a model")
+    (folder / "broken.gguf").write_bytes(b"not a gguf at all")
+    (folder / "nested").mkdir()
+    (folder / "nested" / "hidden.gguf").symlink_to(smollm2)
+    return folder
+
+
+@pytest.fixture
+def registry(models_dir: Path, smollm2: str) -> ModelRegistry:
+    entries = [{"name": "main", "path": smollm2, "aliases": ["gpt-4o"], "parallel": 2, "tensor_split": [1, 2]}]
+    aliases = {"claude-*": EMBEDDED_MODEL_NAME, "gpt-4o-mini": "alpha", "gpt-*": "beta"}
+    return ModelRegistry.discover([str(models_dir)], entries, aliases)
+
+
+def names(registry: ModelRegistry) -> list[str]:
+    return [s.name for s in registry.specs()]
+
+
+def test_discovers_configured_folder_and_embedded(registry: ModelRegistry) -> None:
+    assert names(registry) == ["main", "alpha", "beta", EMBEDDED_MODEL_NAME]
+    main = registry.resolve("main")
+    assert (main.parallel, main.tensor_split, main.embedded) == (2, [1.0, 2.0], False)
+    assert registry.resolve(EMBEDDED_MODEL_NAME).embedded
+
+
+def test_default_is_first_configured_entry(registry: ModelRegistry) -> None:
+    assert registry.default().name == "main"
+
+
+def test_default_without_entries_is_embedded(models_dir: Path) -> None:
+    registry = ModelRegistry.discover([str(models_dir)], [], {})
+    assert registry.default().name == EMBEDDED_MODEL_NAME
+    assert registry.default().embedded
+
+
+def test_embedded_can_be_left_out(models_dir: Path) -> None:
+    registry = ModelRegistry.discover([str(models_dir)], [], {}, include_embedded=False)
+    assert names(registry) == ["alpha", "beta"]
+    with pytest.raises(GatewayError) as info:
+        registry.default()
+    assert info.value.kind is ErrorKind.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [
+        ("main", "main"),
+        ("gpt-4o", "main"),  # entry alias
+        ("gpt-4o-mini", "alpha"),  # exact alias beats the glob below
+        ("gpt-3.5-turbo", "beta"),  # glob
+        ("claude-3-5-sonnet-latest", EMBEDDED_MODEL_NAME),
+        ("alpha:latest", "alpha"),
+        ("gpt-4o:latest", "main"),
+    ],
+)
+def test_resolve(registry: ModelRegistry, requested: str, expected: str) -> None:
+    assert registry.resolve(requested).name == expected
+
+
+@pytest.mark.parametrize(
+    "requested",
+    ["nope", "", "Main", "alpha.gguf", "alpha:7b", "hidden", "notes", "broken", "nested/hidden"],
+)
+def test_unknown_names_are_not_found(registry: ModelRegistry, requested: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        registry.resolve(requested)
+    err = info.value
+    assert err.kind is ErrorKind.NOT_FOUND
+    assert (err.param, err.code) == ("model", "model_not_found")
+    assert err.message == f"The model `{requested}` does not exist."
+
+
+def test_names_are_never_paths(registry: ModelRegistry, models_dir: Path, smollm2: str) -> None:
+    traversal = ["../models/alpha", "../alpha", "..\\alpha", str(models_dir / "alpha.gguf"), smollm2, "/etc/passwd"]
+    for requested in traversal:
+        with pytest.raises(GatewayError) as info:
+            registry.resolve(requested)
+        assert info.value.kind is ErrorKind.NOT_FOUND, requested
+
+
+def test_first_folder_and_configured_entries_win_names(tmp_path: Path, models_dir: Path, smollm2: str) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "alpha.gguf").symlink_to(smollm2)
+    (other / "gamma.gguf").symlink_to(smollm2)
+    entries = [{"name": "beta", "path": smollm2, "n_ctx": 1024}]
+    registry = ModelRegistry.discover([str(models_dir), str(other), str(tmp_path / "missing")], entries, {})
+    assert names(registry) == ["beta", "alpha", "gamma", EMBEDDED_MODEL_NAME]
+    assert registry.resolve("alpha").path == str(models_dir / "alpha.gguf")
+    assert registry.resolve("beta").n_ctx == 1024
+
+
+def test_info_from_gguf_header(registry: ModelRegistry, smollm2: str) -> None:
+    info = registry.info(registry.resolve("alpha"), loaded=True)
+    assert info.name == "alpha"
+    assert info.size == os.stat(smollm2).st_size
+    assert info.created == int(os.stat(smollm2).st_mtime)
+    assert (info.architecture, info.context_length, info.quantization) == ("llama", 8192, "Q4_1")
+    assert info.parameter_count == 134_515_008
+    assert info.aliases == ["gpt-4o-mini"]
+    assert info.loaded
+    assert registry.info(registry.resolve("main")).aliases == ["gpt-4o"]
+    assert registry.info(registry.resolve(EMBEDDED_MODEL_NAME)).aliases == []
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ({"x": "unknown-model"}, "unknown model 'unknown-model'"),
+        ({"claude-*": "nope"}, "unknown model 'nope'"),
+        ({"alpha": "beta"}, "same name as a model"),
+        ({"gpt-4o": "alpha"}, "points at both 'main' and 'alpha'"),
+    ],
+)
+def test_bad_aliases(models_dir: Path, smollm2: str, aliases: dict[str, str], message: str) -> None:
+    entries = [{"name": "main", "path": smollm2, "aliases": ["gpt-4o"]}]
+    with pytest.raises(ValueError, match=message):
+        ModelRegistry.discover([str(models_dir)], entries, aliases)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "models\\[0\\]: unknown key 'colour'"),
+        ({"parallel": "2"}, "models\\[0\\].parallel: wrong type str"),
+        ({"n_ctx": 2.5}, "models\\[0\\].n_ctx: wrong type float"),
+        ({"n_gpu_layers": True}, "models\\[0\\].n_gpu_layers: wrong type bool"),
+        ({"n_gpu_layers": None}, "models\\[0\\].n_gpu_layers: wrong type NoneType"),
+        ({"aliases": "gpt-4o"}, "models\\[0\\].aliases: wrong type str"),
+        ({"aliases": ["ok", 3]}, "models\\[0\\].aliases: wrong type list"),
+        ({"tensor_split": [0.5, "x"]}, "models\\[0\\].tensor_split"),
+        ({"split_mode": "diagonal"}, "models\\[0\\].split_mode"),
+        ({"parallel": 0}, "models\\[0\\].parallel: must be at least 1"),
+        ({"name": ""}, "models\\[0\\].name"),
+        ({"path": "/nonexistent/model.gguf"}, "models\\[0\\].path: '/nonexistent/model.gguf' is not a file"),
+    ],
+)
+def test_bad_entries(smollm2: str, change: dict[str, Any], message: str) -> None:
+    entry = {"name": "main", "path": smollm2, **change}
+    with pytest.raises(ValueError, match=message):
+        ModelRegistry.discover([], [entry], {})
+
+
+def test_entry_must_be_a_gguf(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="models\\[0\\].path: .*not a GGUF file"):
+        ModelRegistry.discover([], [{"name": "x", "path": str(fake)}], {})
+
+
+@pytest.mark.parametrize("entry", [{"path": "x"}, {"name": "x"}, "just-a-string"])
+def test_malformed_entries(entry: Any) -> None:
+    with pytest.raises(ValueError, match="models\\[0\\]"):
+        ModelRegistry.discover([], [entry], {})
+
+
+def test_duplicate_configured_names(smollm2: str) -> None:
+    entry = {"name": "main", "path": smollm2}
+    with pytest.raises(ValueError, match="configured twice"):
+        ModelRegistry.discover([], [entry, dict(entry)], {})
+
+
+def test_spec_defaults() -> None:
+    spec = ModelSpec(name="m", path="/m.gguf")
+    assert (spec.n_gpu_layers, spec.split_mode, spec.main_gpu, spec.tensor_split, spec.embedded) == (
+        0,
+        "layer",
+        0,
+        None,
+        False,
+    )
