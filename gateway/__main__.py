@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("check", "validate and print the settings")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="YAML settings file (also GATEWAY_CONFIG)")
-        cmd.add_argument("--models-dir", dest="models_dirs", action="append", help="folder of GGUF files")
+        cmd.add_argument("--models-dir", dest="models_dirs", action="extend", nargs="+", metavar="DIR",
+                         help="folders of GGUF files")
         if name == "serve":
             cmd.add_argument("--host")
             cmd.add_argument("--port", type=int)
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "check":
-        print(describe(settings))
-        return 0
-    if args.command == "models":
+    if args.command in ("check", "models"):
         from gateway.models.registry import ModelRegistry
 
         try:
@@ -81,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
+        if args.command == "check":
+            print(describe(settings))
+            return 0
         for spec in registry.specs():
             info = registry.info(spec)
             aliases = f"  (aliases: {', '.join(info.aliases)})" if info.aliases else ""

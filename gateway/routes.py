@@ -47,7 +47,7 @@ def _view(route: Route, service: Service, api_keys: list[str]) -> Callable[..., 
 def handle(route: Route, service: Service, api_keys: list[str], path_params: dict[str, str]) -> Response:
     started = time.monotonic()
     ctx = RequestContext(
-        request_id=secrets.token_hex(12), created=int(time.time()),
+        request_id=request_id(), created=int(time.time()),
         headers={k.lower(): v for k, v in request.headers.items()}, path_params=path_params,
         query=request.args.to_dict(), method=request.method)
     try:
@@ -57,7 +57,6 @@ def handle(route: Route, service: Service, api_keys: list[str], path_params: dic
     except Exception:
         log.exception("unexpected failure in %s %s", request.method, request.path)
         response = error_response(route, GatewayError(ErrorKind.INTERNAL, "The server failed to handle the request."))
-    response.headers["X-Request-Id"] = ctx.request_id
     for name, value in route.extra_headers.items():
         response.headers.setdefault(name, value)
     log.info("%s %s %s %.0fms", request.method, request.path, response.status_code,
@@ -101,6 +100,18 @@ def _stream_frames(service: Service, gen: Generation, renderer: StreamRenderer,
             yield frame
     finally:
         gen.close()
+
+
+def request_id() -> str:
+    """This request's id, made once and kept on the request so every response, errors included, carries it."""
+    if "gateway.request_id" not in request.environ:
+        request.environ["gateway.request_id"] = secrets.token_hex(12)
+    return request.environ["gateway.request_id"]
+
+
+def _add_request_id(response: Response) -> Response:
+    response.headers["X-Request-Id"] = request_id()
+    return response
 
 
 def _read_body(route: Route) -> Any:
@@ -168,3 +179,4 @@ def register_fallbacks(app: Flask, fallback: Route) -> None:
         return response
 
     app.register_error_handler(HTTPException, on_http_error)
+    app.after_request(_add_request_id)

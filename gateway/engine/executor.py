@@ -84,7 +84,7 @@ class Executor:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
         self._submitted = 0
-        self._admitted = 0  # written by the loop thread only
+        self._ended = 0  # jobs that have left (finished, cancelled, failed); written by the loop thread only
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"executor-{name}", daemon=True)
         self._thread.start()
@@ -96,7 +96,7 @@ class Executor:
         self._check_fits(job)
         handle = JobHandle(job, self._request_cancel, sink, tag)
         with self._submit_lock:
-            waiting = self._submitted - self._admitted
+            waiting = self._submitted - self._ended - self.parallel
             if waiting >= self.settings.max_queue:
                 raise GatewayError(ErrorKind.OVERLOADED,
                                    f"The server is busy: {waiting} requests are already waiting for `{self.name}`.")
@@ -178,8 +178,7 @@ class Executor:
     def _cancel(self, handle: JobHandle) -> None:
         if handle in self._waiting:
             self._waiting.remove(handle)
-            self._admitted += 1
-            handle.emit(Finished("cancelled", len(handle.job.prompt), 0, 0))
+            self._end(handle, Finished("cancelled", len(handle.job.prompt), 0, 0))
             return
         for slot in self._slots:
             if slot.handle is handle:
@@ -192,7 +191,6 @@ class Executor:
             if not free:
                 return
             handle = self._waiting.popleft()
-            self._admitted += 1
             prompt = handle.job.prompt
             slot = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
             cached = self._reuse_prefix(slot, prompt)
@@ -200,7 +198,7 @@ class Executor:
                 sampler = SamplerChain(self.model.vocab, self.model.n_vocab, handle.job.sampling, self.defaults,
                                        handle.job.grammar)
             except GatewayError as err:
-                handle.emit(Finished("error", len(prompt), 0, 0, error=err))
+                self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
             slot.begin(handle, prompt[cached:], cached, sampler)
             handle.emit(Started(len(prompt), cached))
@@ -320,7 +318,7 @@ class Executor:
             handle.emit(Piece(tail))
         now = time.monotonic()
         first = slot.first_token_at or now
-        handle.emit(Finished(
+        self._end(handle, Finished(
             reason=reason, prompt_tokens=len(handle.job.prompt), cached_tokens=slot.cached,
             completion_tokens=slot.generated, stop_sequence=slot.text.matched_stop,
             queued_seconds=slot.started_at - handle.submitted_at, prompt_seconds=first - slot.started_at,
@@ -330,13 +328,17 @@ class Executor:
         slot.pending = []
         slot.last_used = now
 
+    def _end(self, handle: JobHandle, finished: Finished) -> None:
+        self._ended += 1
+        handle.emit(finished)
+
     def _fail_everything(self, err: GatewayError) -> None:
         for slot in self._slots:
             if slot.handle is not None:
                 self._finish(slot, "error", err)
         while self._waiting:
             handle = self._waiting.popleft()
-            handle.emit(Finished("error", len(handle.job.prompt), 0, 0, error=err))
+            self._end(handle, Finished("error", len(handle.job.prompt), 0, 0, error=err))
         self._drain_pending_messages(err)
 
     def _drain_pending_messages(self, err: GatewayError) -> None:
@@ -344,7 +346,7 @@ class Executor:
             while True:
                 kind, payload = self._inbox.get_nowait()
                 if kind == "job":
-                    payload.emit(Finished("error", len(payload.job.prompt), 0, 0, error=err))
+                    self._end(payload, Finished("error", len(payload.job.prompt), 0, 0, error=err))
                 elif kind == "embed":
                     payload[1].put(err)
         except queue.Empty:

@@ -1,0 +1,107 @@
+"""The executor on the real embedded model, without HTTP: prefix reuse, queueing, cancellation, batching."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from gateway.engine.executor import Executor, ExecutorSettings
+from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
+from gateway.models.embedded import embedded_model_path
+from gateway.types import ErrorKind, GatewayError, SamplingParams
+
+pytestmark = pytest.mark.integration
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = Executor("smollm2", embedded_model_path(), ExecutorSettings(parallel=2, n_ctx=1024, max_queue=1))
+    yield ex
+    ex.close()
+
+
+def run(handle: JobHandle, timeout: float = 60) -> tuple[list, str]:
+    events, text = [], ""
+    while True:
+        _, event = handle.sink.get(timeout=timeout)
+        events.append(event)
+        if isinstance(event, Piece):
+            text += event.text
+        if isinstance(event, Finished):
+            return events, text
+
+
+def tokens(executor: Executor, text: str) -> list[int]:
+    return executor.model.tokenize(text, False, True)
+
+
+def test_a_prompt_sharing_a_cached_prefix_evaluates_only_the_rest(executor):
+    base = tokens(executor, "The history of the city of Rome begins with a small village on a hill. " * 4)
+    events, _ = run(executor.submit(GenerationJob(base, GREEDY, max_tokens=4)))
+    assert events[0] == Started(len(base), 0)
+    longer = base + tokens(executor, " Later the village grew.")
+    events, _ = run(executor.submit(GenerationJob(longer, GREEDY, max_tokens=4)))
+    assert events[0] == Started(len(longer), len(base))
+    assert events[-1].cached_tokens == len(base)
+
+
+def test_the_same_prompt_again_reuses_all_but_its_last_token(executor):
+    prompt = tokens(executor, "A short story about a lighthouse keeper:")
+    first = run(executor.submit(GenerationJob(prompt, GREEDY, max_tokens=8)))
+    second = run(executor.submit(GenerationJob(prompt, GREEDY, max_tokens=8)))
+    assert second[0][0].cached_tokens == len(prompt) - 1
+    assert first[1] == second[1]  # reuse changes nothing in the output
+
+
+def test_stop_strings_end_generation_and_are_not_returned(executor):
+    prompt = tokens(executor, "1, 2, 3, 4, 5,")
+    _, free_text = run(executor.submit(GenerationJob(prompt, GREEDY, max_tokens=16)))
+    stop = free_text.strip().split()[1] if len(free_text.split()) > 1 else free_text.strip()[:2]
+    events, text = run(executor.submit(GenerationJob(prompt, GREEDY, max_tokens=16, stop=[stop])))
+    assert stop not in text
+    assert free_text.startswith(text)
+    assert events[-1].reason == "stop" and events[-1].stop_sequence == stop
+
+
+def test_max_tokens_ends_with_length(executor):
+    prompt = tokens(executor, "Once upon a time, in a land far away,")
+    events, _ = run(executor.submit(GenerationJob(prompt, GREEDY, max_tokens=5)))
+    assert events[-1].reason == "length" and events[-1].completion_tokens == 5
+
+
+def test_a_full_queue_refuses_at_once_and_cancel_frees_everything(executor):
+    long_job = GenerationJob(tokens(executor, "Write a very long essay about the sea."), GREEDY, max_tokens=900)
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    running = [executor.submit(long_job, sink, tag=i) for i in range(2)]  # both sequences busy
+    waiting = executor.submit(long_job, sink, tag=2)                      # the one queue place
+    with pytest.raises(GatewayError) as refused:
+        for _ in range(50):  # the executor admits asynchronously; the queue is full once both run
+            executor.submit(long_job, sink, tag=3).cancel()
+    assert refused.value.kind == ErrorKind.OVERLOADED
+    for handle in [*running, waiting]:
+        handle.cancel()
+    reasons = {}
+    while len(reasons) < 3:
+        tag, event = sink.get(timeout=30)
+        if isinstance(event, Finished) and tag in (0, 1, 2):
+            reasons[tag] = event.reason
+    assert reasons == {0: "cancelled", 1: "cancelled", 2: "cancelled"}
+    events, _ = run(executor.submit(GenerationJob(tokens(executor, "Hi"), GREEDY, max_tokens=2)), timeout=30)
+    assert events[-1].reason == "length"
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_decoding(executor):
+    with pytest.raises(GatewayError) as err:
+        executor.submit(GenerationJob([1] * 1000, GREEDY, max_tokens=100))
+    assert err.value.kind == ErrorKind.CONTEXT_OVERFLOW
+
+
+def test_embeddings_are_normalised_and_deterministic(executor):
+    a, b, a2 = executor.embed([tokens(executor, "cat"), tokens(executor, "a rocket engine"),
+                               tokens(executor, "cat")])
+    assert len(a) == executor.model.n_embd
+    assert abs(sum(v * v for v in a) - 1.0) < 1e-4
+    assert a == a2 and a != b
