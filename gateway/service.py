@@ -41,6 +41,7 @@ class KeepAlive:
 
 
 KEEPALIVE = KeepAlive()
+PROBE_SECONDS = 0.5  # how often a request checks that its client is still connected
 
 ClientGone = Callable[[], bool]
 
@@ -165,19 +166,24 @@ class Service:
         timings = Timings(load=gen.load_seconds)
         running = len(gen.handles)
         by_index = {c.index: c for c in gen.choices}
-        quiet_since = time.monotonic()
+        quiet_since = next_probe = time.monotonic()
         while running:
             try:
-                index, event = gen.sink.get(timeout=0.5)
+                index, event = gen.sink.get(timeout=PROBE_SECONDS)
             except queue.Empty:
-                if client_gone is not None and client_gone():
+                index, event = -1, None
+            now = time.monotonic()
+            if client_gone is not None and now >= next_probe:  # also while tokens flow: a request that writes
+                next_probe = now + PROBE_SECONDS                # nothing until the end must still notice
+                if client_gone():
                     gen.close()
                     return
-                if time.monotonic() - quiet_since >= self.keepalive_seconds:
-                    quiet_since = time.monotonic()
+            if event is None:
+                if now - quiet_since >= self.keepalive_seconds:
+                    quiet_since = now
                     yield KEEPALIVE
                 continue
-            quiet_since = time.monotonic()
+            quiet_since = now
             if isinstance(event, Piece):
                 yield TextDelta(index, event.text, event.logprobs)
             elif isinstance(event, Started):
@@ -189,7 +195,7 @@ class Service:
                     gen.close()
                     raise event.error
                 usage = Usage(event.prompt_tokens if by_index[index].count_prompt else 0,
-                              event.completion_tokens, event.cached_tokens)
+                              event.completion_tokens, event.cached_tokens if by_index[index].count_prompt else 0)
                 total.add(usage)
                 timings.queued = max(timings.queued, event.queued_seconds)
                 timings.prompt = max(timings.prompt, event.prompt_seconds)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import llama_cpp
 
-from gateway.engine.detokenize import TextStream
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
 from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
+from gateway.engine.prefix_cache import common_prefix, find_leader, reuse_prefix
 from gateway.engine.sampling import SamplerChain, SamplingDefaults
+from gateway.engine.sequence import Sequence
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.engine")
@@ -37,30 +38,6 @@ class ExecutorSettings:
     n_threads: int | None = None
     max_queue: int = 64
     load: LoadParams | None = None
-
-
-class _Slot:
-    """One llama sequence id and what its KV cache holds; `handle` is None when the slot is free."""
-
-    def __init__(self, seq_id: int):
-        self.seq_id = seq_id
-        self.tokens: list[int] = []  # tokens whose KV entries are in the cache, positions 0..len-1
-        self.handle: JobHandle | None = None
-        self.last_used = 0.0
-        self.pending: list[int] = []
-        self.next_token: int | None = None
-        self.mark: tuple[int, list[int]] = (0, [])
-
-    def begin(self, handle: JobHandle, pending: list[int], cached: int, sampler: SamplerChain) -> None:
-        self.handle = handle
-        self.pending = pending  # prompt tokens still to evaluate
-        self.cached = cached
-        self.sampler = sampler
-        self.text = TextStream(handle.job.stop)
-        self.next_token: int | None = None
-        self.generated = 0
-        self.started_at = time.monotonic()
-        self.first_token_at: float | None = None
 
 
 class Executor:
@@ -79,7 +56,7 @@ class Executor:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._embed_ctx = None
-        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._slots = [Sequence(i) for i in range(self.parallel)]
         self._waiting: deque[JobHandle] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
@@ -185,50 +162,44 @@ class Executor:
                 self._finish(slot, "cancelled")
 
     def _admit(self) -> None:
-        """Give free sequences to waiting jobs, first come first served, reusing cached prefixes."""
+        """Give free sequences to waiting jobs, first come first served, reusing cached prefixes. A job whose
+        prompt shares a long prefix with one being prefilled follows it and copies that prefix when ready."""
         while self._waiting:
             free = [s for s in self._slots if s.handle is None]
             if not free:
                 return
             handle = self._waiting.popleft()
             prompt = handle.job.prompt
-            slot = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
-            cached = self._reuse_prefix(slot, prompt)
+            seq = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
             try:
                 sampler = SamplerChain(self.model.vocab, self.model.n_vocab, handle.job.sampling, self.defaults,
                                        handle.job.grammar)
             except GatewayError as err:
                 self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
-            slot.begin(handle, prompt[cached:], cached, sampler)
-            handle.emit(Started(len(prompt), cached))
+            seq.begin(handle, sampler)
+            leader, shared = find_leader(self._slots, prompt)
+            if leader is not None:
+                seq.follow(leader, shared)
+            else:
+                self._start_prefill(seq)
 
-    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> int:
-        """Keep the longest prefix of `prompt` already in the cache (this slot's, or copied from another slot's)
-        and drop the rest; at least one prompt token is always evaluated so the first token has logits."""
-        own = _common_prefix(slot.tokens, prompt)
-        donor, best = None, own
-        for other in self._slots:
-            if other is not slot:
-                n = _common_prefix(other.tokens, prompt)
-                if n > best:
-                    donor, best = other, n
-        if donor is not None:
-            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, 0, best)
-            slot.tokens = prompt[:best]
-        keep = min(best, len(prompt) - 1)
-        if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-            keep = 0
-        slot.tokens = slot.tokens[:keep]
-        return keep
+    def _start_prefill(self, seq: Sequence) -> None:
+        prompt = seq.handle.job.prompt
+        seq.leader = seq.leader_handle = None
+        seq.cached = reuse_prefix(self._mem, seq, self._slots, prompt)
+        seq.pending = prompt[seq.cached:]
+        seq.handle.emit(Started(len(prompt), seq.cached))
 
     def _step(self) -> None:
         """Build one batch (a token per generating sequence, then prompt chunks), decode it, sample, emit."""
+        for seq in self._slots:
+            if seq.handle is not None and seq.leader is not None and seq.leader_ready():
+                self._start_prefill(seq)
         n = 0
-        outputs: list[tuple[_Slot, int]] = []
+        outputs: list[tuple[Sequence, int]] = []
         active = [s for s in self._slots if s.handle is not None]
+        followed = {s.leader for s in active if s.leader is not None}
         for slot in active:
             slot.mark = (len(slot.tokens), slot.pending)
             if slot.next_token is not None:
@@ -240,9 +211,12 @@ class Executor:
         # newcomer's prefill slows every running stream (see bench/README.md for the trade).
         budget = self.n_batch - n if n == 0 else min(self.n_batch - n, self.settings.prefill_chunk)
         for slot in sorted((s for s in active if s.pending), key=lambda s: s.started_at):
-            if budget <= 0:
-                break
-            chunk, slot.pending = slot.pending[:budget], slot.pending[budget:]
+            # A followed leader holds back its last prompt token, so that it and its followers compute their
+            # first tokens in the same step, from the same shared cells.
+            take = min(budget, len(slot.pending) - 1) if slot in followed else budget
+            if take <= 0:
+                continue
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             budget -= len(chunk)
             for i, token in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
@@ -267,7 +241,7 @@ class Executor:
         batch.seq_id[i][0] = seq_id
         batch.logits[i] = logits
 
-    def _decode_failed(self, rc: int, active: list[_Slot]) -> None:
+    def _decode_failed(self, rc: int, active: list[Sequence]) -> None:
         """No KV room (1; llama.cpp has restored the cache): drop idle sequences' caches and retry next step,
         or, with none left to drop, end the longest sequence with `length`. Other codes fail the batch."""
         for slot in active:
@@ -287,7 +261,7 @@ class Executor:
             slot.tokens = []
             self._finish(slot, "error", err)
 
-    def _sample(self, slot: _Slot, row: int) -> None:
+    def _sample(self, slot: Sequence, row: int) -> None:
         token = slot.sampler.sample(self._ctx, row)
         now = time.monotonic()
         if slot.first_token_at is None:
@@ -311,7 +285,7 @@ class Executor:
         else:
             slot.next_token = token
 
-    def _finish(self, slot: _Slot, reason: str, error: GatewayError | None = None) -> None:
+    def _finish(self, slot: Sequence, reason: str, error: GatewayError | None = None) -> None:
         handle = slot.handle
         tail = slot.text.flush()
         if tail and reason in ("stop", "length"):
@@ -323,10 +297,7 @@ class Executor:
             completion_tokens=slot.generated, stop_sequence=slot.text.matched_stop,
             queued_seconds=slot.started_at - handle.submitted_at, prompt_seconds=first - slot.started_at,
             generation_seconds=now - first, error=error))
-        slot.sampler.free()
-        slot.handle = None
-        slot.pending = []
-        slot.last_used = now
+        slot.release(now)
 
     def _end(self, handle: JobHandle, finished: Finished) -> None:
         self._ended += 1
@@ -398,11 +369,3 @@ class Executor:
             llama_cpp.llama_batch_free(self._embed_batch)
             llama_cpp.llama_free(self._embed_ctx)
         self.model.free()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
