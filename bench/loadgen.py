@@ -28,9 +28,14 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DEFAULT_PROMPT = (
+# Prompts checked to run SmolLM2-135M-Instruct (greedy) past 512 tokens without an end-of-generation token, so
+# every request generates exactly max_tokens on any server without relying on an ignore_eos extension.
+DEFAULT_CHAT_PROMPT = (
     "Write a very long, detailed story about a lighthouse keeper who finds a message in a bottle. "
     "Describe every day of the year in detail."
+)
+DEFAULT_COMPLETION_PROMPT = (
+    "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper. Every day he"
 )
 
 
@@ -336,13 +341,21 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--duration", type=float, default=None,
                       help="seconds per level during which workers start new requests (default 20)")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT,
-                   help="fixed prompt; pick one that makes the model run to max_tokens")
+    p.add_argument("--prompt", default=None,
+                   help="fixed prompt; pick one that makes the model run to max_tokens (default: a long-story "
+                        "request suited to the endpoint)")
     p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     p.add_argument("--ignore-eos", action="store_true",
                    help="send llama-server's ignore_eos extension (only fair if every server honours it)")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request socket timeout in seconds")
     p.add_argument("--warmup", type=int, default=2, help="warm-up requests before the first level")
+
+
+def resolve_prompt(args: argparse.Namespace) -> str:
+    """The chat prompt is an instruction; a raw completion needs text to continue instead."""
+    if args.prompt is not None:
+        return args.prompt
+    return DEFAULT_CHAT_PROMPT if args.endpoint == "chat" else DEFAULT_COMPLETION_PROMPT
 
 
 def resolve_mode(args: argparse.Namespace) -> tuple[int | None, float | None]:
@@ -361,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     add_load_args(p)
     args = p.parse_args(argv)
     rpw, duration = resolve_mode(args)
+    args.prompt = resolve_prompt(args)
     target = Target(args.base_url, args.model, args.endpoint, args.prompt, args.max_tokens, args.ignore_eos,
                     args.timeout, args.api_key)
     if args.warmup:

@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     model = args.model_path or find_model()
     rpw, duration = loadgen.resolve_mode(args)
+    args.prompt = loadgen.resolve_prompt(args)
     log(f"model {model}")
 
     result: dict[str, Any] = {

@@ -45,7 +45,7 @@ SETTINGS: list[Setting] = [
     Setting("parallel", 4, int, "Sequences decoded together per model (continuous batching)."),
     Setting("n_ctx", 0, int, "Context size per model; 0 means the model's trained context capped at 8192."),
     Setting("n_batch", 512, int, "Most tokens in one decode step."),
-    Setting("prefill_chunk", 256, int, "Most prompt tokens added to a step while other sequences generate."),
+    Setting("prefill_chunk", 128, int, "Most prompt tokens added to a step while other sequences generate."),
     Setting("n_threads", 0, int, "CPU threads for decoding; 0 means the number of physical cores."),
     Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),

@@ -34,7 +34,7 @@ class ExecutorSettings:
     parallel: int = 4
     n_ctx: int | None = None  # None: the model's trained context, capped at 8192
     n_batch: int = 512
-    prefill_chunk: int = 256  # prompt tokens one sequence may add to a step while others generate
+    prefill_chunk: int = 128  # prompt tokens a step may take while other sequences generate
     n_threads: int | None = None
     max_queue: int = 64
     load: LoadParams | None = None
