@@ -58,24 +58,27 @@ def test_a_full_queue_answers_429_at_once(server):
     headers = {"Authorization": f"Bearer {KEY}"}
     running = requests.post(server.url + "/v1/chat/completions", json=body, headers=headers, stream=True)
     assert running.status_code == 200
-    next(running.iter_lines())  # it holds the only sequence now
+    lines = running.iter_lines()  # keep the iterator: when urllib3's generator is collected, it closes the socket
+    next(lines)  # it holds the only sequence now
     queued: dict[str, requests.Response] = {}
     waiter = threading.Thread(target=lambda: queued.setdefault("r", requests.post(
         server.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}, headers=headers)))
     waiter.start()
     try:
-        refused = None
+        refused, seen = None, []
         for _ in range(20):  # until the waiter holds the queue place (until then, ours waits and times out)
             try:
                 sdk(server, KEY).chat.completions.create(model=MODEL, messages=HI, max_tokens=2, timeout=2)
+                seen.append("answered")
             except openai.RateLimitError as err:
                 refused = err
                 break
             except openai.APITimeoutError:
-                continue
-        assert refused is not None, "the queue never refused a request"
+                seen.append("timed out")
+        assert refused is not None, f"the queue never refused a request: {seen}, waiter: {queued}"
         assert refused.status_code == 429 and refused.body["type"] == "rate_limit_error"
     finally:
+        del lines
         running.close()
         waiter.join(timeout=60)
     assert queued["r"].status_code == 200, queued["r"].text
