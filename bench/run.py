@@ -80,6 +80,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def system_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat), to detect load from other processes."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _CLK_TCK
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by live processes of one process group (a server and its workers)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat.rsplit(")", 1)[1].split()
+        if int(rest[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime(11) stime(12)
+            total += (int(rest[11]) + int(rest[12])) / _CLK_TCK
+    return total
+
+
+def self_cpu_s() -> float:
+    """CPU seconds of this process (the load generator's threads) plus reaped children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """Measures CPU that neither our server nor our client used during an interval, in cores.
+
+    On a 2-core box one stray busy process (a test run, a pip build) slows llama.cpp's spinning threads by
+    10x or more, so a number measured under foreign load is meaningless; recording it makes such runs visible
+    instead of silently wrong."""
+
+    def __init__(self, pgid: int | None = None) -> None:
+        self.pgid = pgid
+        self.t0 = time.monotonic()
+        self.sys0 = system_busy_s()
+        self.own0 = self_cpu_s() + (group_cpu_s(pgid) if pgid else 0.0)
+
+    def cores(self) -> float:
+        wall = time.monotonic() - self.t0
+        own = self_cpu_s() + (group_cpu_s(self.pgid) if self.pgid else 0.0) - self.own0
+        foreign = system_busy_s() - self.sys0 - own
+        return max(0.0, foreign / wall) if wall > 0 else 0.0
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.15, sample: float = 3.0) -> float:
+    """Wait until other processes use less than `threshold` cores; returns the last measured foreign load."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        probe = ForeignLoad()
+        time.sleep(sample)
+        load = probe.cores()
+        if load < threshold or time.monotonic() >= deadline:
+            if load >= threshold:
+                log(f"WARNING: other processes use {load:.2f} cores; numbers from this run will be low")
+            return load
+        log(f"other processes use {load:.2f} cores; waiting for a quiet machine")
+
+
 def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int], ntg: int, npp: int,
                       ctx: int) -> dict[str, Any]:
     """Pure decode throughput at each batch size: no HTTP, no sampling, no detokenizing, so it bounds what any
@@ -92,7 +158,9 @@ def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int]
     if "--output-format" in helps:
         cmd += ["--output-format", "jsonl"]
     log("running " + " ".join(cmd))
+    load = ForeignLoad()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    foreign = load.cores()
     if proc.returncode != 0:
         raise RuntimeError(f"llama-batched-bench failed:\n{proc.stdout[-3000:]}")
     rows: list[dict[str, Any]] = []
@@ -110,7 +178,8 @@ def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int]
                          "t_tg": t_tg, "speed_tg": s_tg, "t": t, "speed": s})
     if not rows:
         raise RuntimeError(f"could not parse llama-batched-bench output:\n{proc.stdout[-3000:]}")
-    return {"command": cmd, "rows": rows, "tg_tok_s": {str(r["pl"]): r["speed_tg"] for r in rows}}
+    return {"command": cmd, "rows": rows, "tg_tok_s": {str(r["pl"]): r["speed_tg"] for r in rows},
+            "foreign_load_cores": foreign}
 
 
 class Server:
@@ -179,6 +248,8 @@ def gateway_cmd(args: argparse.Namespace, port: int) -> list[str]:
            "--parallel", str(args.parallel)]
     if args.gateway_threads_flag:
         cmd += [args.gateway_threads_flag, str(args.threads)]
+    if args.gateway_ctx_flag:
+        cmd += [args.gateway_ctx_flag, str(args.ctx)]
     cmd += args.gateway_arg
     return cmd
 
@@ -187,6 +258,7 @@ def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace,
                  round_no: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Start one server, load it at every concurrency level, stop it, and return the per-level results."""
     log_path = args.results_dir / f"{stamp}-{name}-r{round_no}.log"
+    wait_for_quiet(args.idle_wait)
     server = Server(name, cmd, port, log_path, env=env, cwd=REPO_ROOT)
     try:
         server.wait_ready(MODEL_NAME)
@@ -195,9 +267,20 @@ def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace,
         if args.warmup:
             loadgen.warmup(target, args.warmup)
         rpw, duration = loadgen.resolve_mode(args)
-        levels = loadgen.run_levels(target, args.concurrency, rpw, duration)
+        out: list[dict[str, Any]] = []
+        levels: list[loadgen.LevelResult] = []
+        for c in args.concurrency:
+            load = ForeignLoad(server.proc.pid)
+            lvl = loadgen.run_level(target, c, rpw, duration)
+            foreign = load.cores()
+            levels.append(lvl)
+            out.append({**asdict(lvl), "foreign_load_cores": foreign})
+            warn = f"  (WARNING: {foreign:.2f} cores used by other processes)" if foreign > 0.15 else ""
+            log(f"{name} c={c}: {lvl.tok_per_s:.1f} tok/s, {lvl.requests_ok} ok, {lvl.errors} errors, "
+                f"TTFT p50 {lvl.ttft_p50_ms or 0:.1f} ms, ITL p50 {lvl.itl_p50_ms or 0:.1f} ms{warn}")
+            time.sleep(1.0)
         print(f"\n{name} (round {round_no}):\n{loadgen.format_table(levels)}\n", file=sys.stderr, flush=True)
-        return [asdict(lv) for lv in levels]
+        return out
     finally:
         server.stop()
 
@@ -241,6 +324,11 @@ def summarize(result: dict[str, Any]) -> str:
 
         lines.append(f"| {c} | {f(ls_tps)} | {f(gw_tps)} | {ratio} | {f(lim)} | {pair('ttft_p50_ms')} "
                      f"| {pair('itl_p50_ms')} | {pair('mean_completion_tokens', 0)} |")
+    loads = [lv.get("foreign_load_cores", 0.0) for runs in (ls_rounds, gw_rounds) for r in runs for lv in r]
+    loads.append((result.get("batched_bench") or {}).get("foreign_load_cores", 0.0))
+    if max(loads) > 0.15:
+        lines += ["", f"WARNING: other processes used up to {max(loads):.2f} cores during this run; "
+                      "its numbers are not representative (see foreign_load_cores in the JSON)."]
     return "\n".join(lines)
 
 
@@ -275,11 +363,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="interpreter that runs `-m gateway serve` (default: the repo .venv)")
     p.add_argument("--gateway-threads-flag", default="--threads",
                    help="gateway CLI flag that takes the thread count ('' to rely on GATEWAY_N_THREADS alone)")
+    p.add_argument("--gateway-ctx-flag", default="--n-ctx",
+                   help="gateway CLI flag that takes the total context size ('' to leave the gateway's default)")
     p.add_argument("--gateway-arg", action="append", default=[],
-                   help="extra argument for `gateway serve` (repeatable), e.g. --gateway-arg=--ctx=8192")
+                   help="extra argument for `gateway serve` (repeatable), e.g. --gateway-arg=--log-level=warning")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--idle-wait", type=float, default=300.0,
+                   help="before each phase, wait up to this many seconds for other processes to go quiet")
     loadgen.add_load_args(p)
     args = p.parse_args(argv)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Unwind through the `finally` blocks so no server outlives an interrupted run.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -309,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         result["config"]["llama_server_bin"] = str(server_bin)
 
     if not args.skip_batched_bench and batched_bin is not None:
+        wait_for_quiet(args.idle_wait)
         result["batched_bench"] = run_batched_bench(batched_bin, model, args.threads, args.concurrency,
                                                     args.max_tokens, args.batched_bench_npp, args.ctx)
         log(f"batched-bench TG tok/s: {result['batched_bench']['tg_tok_s']}")
