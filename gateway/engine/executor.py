@@ -21,7 +21,7 @@ import llama_cpp
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
 from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
-from gateway.engine.prefix_cache import common_prefix, find_leader, reuse_prefix
+from gateway.engine.prefix_cache import find_leader, held_prefixes, reuse_prefix
 from gateway.engine.sampling import SamplerChain, SamplingDefaults
 from gateway.engine.sequence import Sequence
 from gateway.types import ErrorKind, GatewayError
@@ -170,7 +170,8 @@ class Executor:
                 return
             handle = self._waiting.popleft()
             prompt = handle.job.prompt
-            seq = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+            held = held_prefixes(self._slots, prompt)
+            seq = max(free, key=lambda s: (held[s], -s.last_used))
             try:
                 sampler = SamplerChain(self.model.vocab, self.model.n_vocab, handle.job.sampling, self.defaults,
                                        handle.job.grammar)
@@ -178,16 +179,20 @@ class Executor:
                 self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
             seq.begin(handle, sampler)
-            leader, shared = find_leader(self._slots, prompt)
+            leader, shared = find_leader(held, prompt)
             if leader is not None:
                 seq.follow(leader, shared)
             else:
-                self._start_prefill(seq)
+                self._start_prefill(seq, held)
 
-    def _start_prefill(self, seq: Sequence) -> None:
+    def _start_prefill(self, seq: Sequence, held: dict[Sequence, int] | None = None) -> None:
+        """Take what the cache holds of the prompt and queue the rest; `held` is recomputed for a follower,
+        whose leader's cache has grown since admission."""
         prompt = seq.handle.job.prompt
         seq.leader = seq.leader_handle = None
-        seq.cached = reuse_prefix(self._mem, seq, self._slots, prompt)
+        if held is None:
+            held = held_prefixes(self._slots, prompt)
+        seq.cached = reuse_prefix(self._mem, seq, held, prompt)
         seq.pending = prompt[seq.cached:]
         seq.handle.emit(Started(len(prompt), seq.cached))
 

@@ -19,22 +19,33 @@ MIN_SHARED = 8  # a newcomer follows a prefilling leader only if that saves at l
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix. Runs on the decode thread for every sequence at every admission, so it
+    compares slices (in C) and bisects to the first difference instead of looping over tokens in Python."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
-def reuse_prefix(mem: ctypes.c_void_p, seq: Sequence, sequences: list[Sequence], prompt: list[int]) -> int:
+def held_prefixes(sequences: list[Sequence], prompt: list[int]) -> dict[Sequence, int]:
+    """How much of `prompt` each sequence's cache holds: computed once per admission and shared below."""
+    return {seq: common_prefix(seq.tokens, prompt) for seq in sequences}
+
+
+def reuse_prefix(mem: ctypes.c_void_p, seq: Sequence, held: dict[Sequence, int], prompt: list[int]) -> int:
     """Keep the longest prefix of `prompt` that is in the cache (this sequence's own, or copied from another)
     and drop the rest. At least one prompt token is always left to evaluate, so the first token has logits."""
-    best, donor = common_prefix(seq.tokens, prompt), None
-    for other in sequences:
-        if other is not seq:
-            n = common_prefix(other.tokens, prompt)
-            if n > best:
-                best, donor = n, other
+    best, donor = held[seq], None
+    for other, n in held.items():
+        if other is not seq and n > best:
+            best, donor = n, other
     if donor is not None:
         llama_cpp.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, seq.seq_id, 0, best)
@@ -47,15 +58,11 @@ def reuse_prefix(mem: ctypes.c_void_p, seq: Sequence, sequences: list[Sequence],
     return keep
 
 
-def cached_prefix(sequences: list[Sequence], prompt: list[int]) -> int:
-    return max((common_prefix(s.tokens, prompt) for s in sequences), default=0)
-
-
-def find_leader(sequences: list[Sequence], prompt: list[int]) -> tuple[Sequence | None, int]:
+def find_leader(held: dict[Sequence, int], prompt: list[int]) -> tuple[Sequence | None, int]:
     """A sequence still prefilling a prompt that shares more with `prompt` than the cache already holds."""
-    have = min(cached_prefix(sequences, prompt), len(prompt) - 1)
+    have = min(max(held.values(), default=0), len(prompt) - 1)
     best, leader = have + MIN_SHARED - 1, None
-    for seq in sequences:
+    for seq in held:
         if seq.handle is not None and seq.pending and seq.leader is None:
             lead_prompt = seq.handle.job.prompt  # the leader evaluates its own last token after the copy
             n = min(common_prefix(lead_prompt, prompt), len(prompt) - 1, len(lead_prompt) - 1)
