@@ -25,6 +25,7 @@ class RequestContext:
     path_params: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     method: str = "POST"
+    server_version: str = ""
 
 
 Frame = bytes
@@ -44,6 +45,7 @@ class StreamRenderer(Protocol):
 
 
 Parse = Callable[[Any, RequestContext], InternalRequest]
+Accepts = Callable[[Any, RequestContext], bool]
 Render = Callable[[Result, InternalRequest, RequestContext], Any]
 RenderError = Callable[[GatewayError], "tuple[int, Any]"]
 MakeStreamRenderer = Callable[[InternalRequest, RequestContext], StreamRenderer]
@@ -52,7 +54,12 @@ MakeStreamRenderer = Callable[[InternalRequest, RequestContext], StreamRenderer]
 @dataclass
 class Route:
     """One endpoint of one family. `body` says how the handler reads the request body: 'json' (must be an
-    object), 'none' (GET/HEAD). `media_type` is the content type of `stream` responses."""
+    object), 'none' (GET/HEAD). `media_type` is the content type of `stream` responses. `render` returns a
+    JSON-able value, or a `str` sent as text/plain.
+
+    Where families share a path and method (see DESIGN.md), each route but one has `accepts`, a test on the
+    parsed body (None for 'none' routes) and the context; the first route that accepts serves the request and
+    the route without `accepts` takes the rest."""
 
     method: str
     path: str
@@ -65,6 +72,7 @@ class Route:
     body: Literal["json", "none"] = "json"
     name: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    accepts: Accepts | None = None
 
 
 def compact_json(obj: Any) -> str:

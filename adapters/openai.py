@@ -476,7 +476,7 @@ def _chat_token(lp: TokenLogprob) -> dict[str, Any]:
         "token": lp.token,
         "logprob": lp.logprob,
         "bytes": lp.bytes,
-        "top_logprobs": [{"token": tok, "logprob": val, "bytes": raw} for tok, val, raw in lp.top],
+        "top_logprobs": [{"token": tok, "logprob": val, "bytes": raw} for tok, val, raw, _ in lp.top],
     }
 
 
@@ -489,7 +489,7 @@ def render_completion_logprobs(logprobs: list[TokenLogprob], offset: int) -> tup
     rendered = {
         "tokens": [lp.token for lp in logprobs],
         "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{tok: val for tok, val, _ in lp.top} for lp in logprobs],
+        "top_logprobs": [{tok: val for tok, val, _, _ in lp.top} for lp in logprobs],
         "text_offset": offsets,
     }
     return rendered, offset
@@ -593,16 +593,19 @@ def encode_base64(vector: list[float]) -> str:
 
 def render_models(result: ModelList, req: InternalRequest, ctx: RequestContext) -> dict[str, Any]:
     """Aliases are listed as models of their own, because clients pick a model by the ids they see here."""
-    data = [_model_entry(name, info.created) for info in result.models for name in [info.name, *info.aliases]]
+    data = [_model_entry(name, info) for info in result.models for name in [info.name, *info.aliases]]
     return {"object": "list", "data": data}
 
 
 def render_model(result: ModelInfo, req: InternalRequest, ctx: RequestContext) -> dict[str, Any]:
-    return _model_entry(req.model or result.name, result.created)
+    return _model_entry(req.model or result.name, result)
 
 
-def _model_entry(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": OWNED_BY}
+def _model_entry(name: str, info: ModelInfo) -> dict[str, Any]:
+    """OpenAI's four fields, plus vLLM's `max_model_len` (the context this server gives the model), which
+    vLLM clients read to size their prompts and OpenAI clients ignore."""
+    return {"id": name, "object": "model", "created": info.created, "owned_by": OWNED_BY,
+            "max_model_len": info.max_model_len}
 
 
 def render_health(result: HealthResult, req: InternalRequest, ctx: RequestContext) -> dict[str, Any]:

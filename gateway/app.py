@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from flask import Flask
 
 from adapters import openai
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.pool import ModelPool
+from gateway.engine.pool import ModelPool, PoolSettings
+from gateway.model_changes import ModelChanges
+from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
+from gateway.prompts import PromptBuilder
 from gateway.routes import register_fallbacks, register_routes
 from gateway.service import Service
 
@@ -33,18 +36,34 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     registry = ModelRegistry.discover(settings.models_dirs, settings.models, settings.aliases,
-                                      include_embedded=settings.embedded_model)
-    pool = ModelPool(ExecutorSettings(
-        parallel=settings.parallel, n_ctx=settings.n_ctx or None, n_batch=settings.n_batch,
-        prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None, max_queue=settings.max_queue))
-    return Gateway(settings, registry, pool, Service(registry, pool, settings.keepalive_seconds))
+                                      include_embedded=settings.embedded_model, ollama_root=store_root(settings))
+    pool = ModelPool(
+        ExecutorSettings(parallel=settings.parallel, n_ctx=settings.n_ctx or None, n_batch=settings.n_batch,
+                         prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
+                         max_queue=settings.max_queue),
+        PoolSettings(keep_alive=settings.keep_alive, max_loaded_models=settings.max_loaded_models,
+                     memory_budget=memory_budget_bytes(settings)))
+    changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry)
+    service = Service(registry, pool, settings.keepalive_seconds, PromptBuilder(settings.context_overflow), changes)
+    return Gateway(settings, registry, pool, service)
+
+
+def store_root(settings: Settings) -> str | None:
+    """The Ollama store: 'auto' is $OLLAMA_MODELS, else ~/.ollama/models (read if it exists, created by the first
+    pull or create)."""
+    if settings.ollama_models == "off":
+        return None
+    return str(default_store_root()) if settings.ollama_models == "auto" else settings.ollama_models
 
 
 def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     settings = settings or load_settings()
     gateway = build_gateway(settings)
+    pinned = [gateway.registry.resolve(name) for name in settings.pinned]
+    gateway.pool.settings.pinned = {spec.name for spec in pinned}
     if preload:
-        gateway.pool.get(gateway.registry.default())
+        for spec in {s.name: s for s in [gateway.registry.default(), *pinned]}.values():
+            gateway.pool.preload(spec)
     app = Flask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway

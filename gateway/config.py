@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import yaml
+
+from gateway.types import parse_duration
 
 
 class ConfigError(ValueError):
@@ -39,7 +42,12 @@ SETTINGS: list[Setting] = [
     Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key)."),
     Setting("models_dirs", [], list, "Folders whose *.gguf files are served, named by file stem."),
     Setting("models", [], list, "Models with their own settings: name, path, aliases, parallel, n_ctx, "
-                                "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads."),
+                                "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads, keep_alive, pinned, "
+                                "system, parameters (Ollama option names: temperature, stop, num_ctx...)."),
+    Setting("ollama_models", "auto", str, "An Ollama model store to serve: 'auto' ($OLLAMA_MODELS, else "
+                                          "~/.ollama/models if it exists), 'off', or a folder."),
+    Setting("ollama_registry", "https://registry.ollama.ai", str,
+            "Registry that /api/pull uses for names without a host (the Ollama registry protocol)."),
     Setting("aliases", {}, dict, "Extra names for models; keys may be globs (`claude-*: smollm2-135m-instruct`)."),
     Setting("embedded_model", True, bool, "Serve the embedded SmolLM2-135M-Instruct model."),
     Setting("parallel", 4, int, "Sequences decoded together per model (continuous batching)."),
@@ -48,6 +56,15 @@ SETTINGS: list[Setting] = [
     Setting("prefill_chunk", 128, int, "Most prompt tokens added to a step while other sequences generate."),
     Setting("n_threads", 0, int, "CPU threads for decoding; 0 means the number of physical cores."),
     Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
+    Setting("keep_alive", 300.0, float, "How long an idle model stays loaded: seconds or a duration ('5m', "
+                                        "'1h'); negative keeps it forever, 0 unloads it when idle."),
+    Setting("max_loaded_models", 3, int, "Most models loaded at once (0: no limit); the least recently used "
+                                         "idle one is unloaded to make room."),
+    Setting("memory_budget", "auto", str, "Memory for all loaded models, weights plus KV cache: 'auto' (90% of "
+                                          "RAM), '0' (no limit), or a size such as '6GiB'."),
+    Setting("pinned", [], list, "Models loaded at start and never unloaded."),
+    Setting("context_overflow", "truncate", str, "An Ollama chat longer than its window: 'truncate' drops the "
+                                                 "oldest turns (as Ollama does), 'error' answers 400."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
 ]
 
@@ -69,6 +86,8 @@ def _from_text(setting: Setting, text: str) -> Any:
     """Environment values are text: JSON for lists and maps (or one bare list item), words for booleans."""
     if setting.type is bool:
         return text.strip().lower() in ("1", "true", "yes", "on")
+    if setting.key == "keep_alive":
+        return parse_duration(text)
     if setting.type in (int, float):
         return setting.type(text)
     if setting.type is list and not text.lstrip().startswith("["):
@@ -87,6 +106,8 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             raise wrong from None
     if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if setting.key == "keep_alive" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = parse_duration(value)
     if not isinstance(value, setting.type) or (setting.type is int and isinstance(value, bool)):
         raise wrong
     return value
@@ -129,6 +150,28 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"`parallel` must be at most 256, got {settings.parallel}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"`log_level` must be debug, info, warning or error, got {settings.log_level!r}")
+    if settings.context_overflow not in ("truncate", "error"):
+        raise ConfigError(f"`context_overflow` must be truncate or error, got {settings.context_overflow!r}")
+    if settings.max_loaded_models < 0:
+        raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
+    memory_budget_bytes(settings)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tb": 1000**4, "tib": 2**40}
+
+
+def memory_budget_bytes(settings: Settings, total_ram: int | None = None) -> int:
+    """`memory_budget` in bytes: 'auto' is 90% of physical memory, '0' no limit."""
+    text = settings.memory_budget.strip().lower()
+    if text == "auto":
+        if total_ram is None:
+            total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(total_ram * 0.9)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text)
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ConfigError(f"`memory_budget` must be auto, 0 or a size such as 6GiB, got {settings.memory_budget!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def describe(settings: Settings) -> str:

@@ -1,5 +1,5 @@
 """The generic handler: every adapter route of every family is served by `handle`, and every streamed response
-goes through the one loop in `_stream_frames`.
+goes through the one loop in `stream_frames`.
 
 The handler reads and size-checks the body, checks the API key, lets the route's adapter parse it, runs it
 through the service, and renders either the finished result or the stream; any `GatewayError` is rendered by
@@ -14,44 +14,56 @@ import secrets
 import select
 import socket
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
-from gateway.service import KEEPALIVE, Generation, Service
+from gateway import __version__
+from gateway.service import KEEPALIVE, Service
 from gateway.types import ErrorKind, GatewayError, invalid
 
 log = logging.getLogger("gateway.http")
 
-QUERY_KINDS = ("list_models", "show_model", "health")
-OPEN_KINDS = ("health",)  # answered without an API key, so probes and load balancers work
+QUERY_KINDS = ("list_models", "show_model", "list_running", "health", "version", "tokenize", "detokenize",
+               "load_model", "unload_model")
+CHANGE_KINDS = ("copy_model", "delete_model", "create_model", "pull_model")
+OPEN_KINDS = ("health", "version")  # answered without an API key, so probes and load balancers work
 
 
 def register_routes(app: Flask, routes: list[Route], service: Service, api_keys: list[str]) -> None:
-    """One Flask view per path and method; the view picks the route and hands it to `handle`."""
+    """One Flask view per path and method; where families share one (DESIGN.md, "Where paths collide"), the
+    view reads the body once and the first route that `accepts` it serves, else the one without `accepts`."""
+    groups: dict[tuple[str, str], list[Route]] = {}
     for route in routes:
-        endpoint = f"{route.family}:{route.method}:{route.path}"
-        app.add_url_rule(route.path, endpoint=endpoint, methods=[route.method],
-                         view_func=_view(route, service, api_keys))
+        groups.setdefault((route.method, route.path), []).append(route)
+    for (method, path), group in groups.items():
+        group.sort(key=lambda r: r.accepts is None)
+        if sum(r.accepts is None for r in group) != 1:
+            raise ValueError(f"{method} {path}: exactly one route must take requests no other route accepts")
+        app.add_url_rule(path, endpoint=f"{method}:{path}", methods=[method],
+                         view_func=_view(group, service, api_keys))
 
 
-def _view(route: Route, service: Service, api_keys: list[str]) -> Callable[..., Response]:
+def _view(group: list[Route], service: Service, api_keys: list[str]) -> Callable[..., Response]:
     def view(**path_params: str) -> Response:
-        return handle(route, service, api_keys, path_params)
+        return handle(group, service, api_keys, path_params)
 
     return view
 
 
-def handle(route: Route, service: Service, api_keys: list[str], path_params: dict[str, str]) -> Response:
+def handle(group: list[Route], service: Service, api_keys: list[str], path_params: dict[str, str]) -> Response:
     started = time.monotonic()
     ctx = RequestContext(
         request_id=request_id(), created=int(time.time()),
         headers={k.lower(): v for k, v in request.headers.items()}, path_params=path_params,
-        query=request.args.to_dict(), method=request.method)
+        query=request.args.to_dict(), method=request.method, server_version=__version__)
+    route = group[-1]
     try:
-        response = _serve(route, service, api_keys, ctx)
+        body = _read_body(route)
+        route = next(r for r in group if r.accepts is None or r.accepts(body, ctx))
+        response = _serve(route, body, service, api_keys, ctx)
     except GatewayError as err:
         response = error_response(route, err)
     except Exception:
@@ -64,8 +76,8 @@ def handle(route: Route, service: Service, api_keys: list[str], path_params: dic
     return response
 
 
-def _serve(route: Route, service: Service, api_keys: list[str], ctx: RequestContext) -> Response:
-    req = route.parse(_read_body(route), ctx)
+def _serve(route: Route, body: Any, service: Service, api_keys: list[str], ctx: RequestContext) -> Response:
+    req = route.parse(body, ctx)
     if api_keys and req.kind not in OPEN_KINDS:
         _check_key(ctx.headers, api_keys)
     if req.kind in QUERY_KINDS:
@@ -73,22 +85,26 @@ def _serve(route: Route, service: Service, api_keys: list[str], ctx: RequestCont
     if req.kind == "embedding":
         return _json(route.render(service.embed(req), req, ctx))
     client_gone = _client_gone_probe()
+    if req.kind in CHANGE_KINDS:
+        change = service.change(req, client_gone)
+        if req.stream and route.stream is not None:
+            return stream_response(stream_frames(change, route.stream(req, ctx), change.close), route.media_type)
+        return _json(route.render(change.last(), req, ctx))
     gen = service.start(req)
     if req.stream and route.stream is not None:
-        frames = _stream_frames(service, gen, route.stream(req, ctx), client_gone)
-        return Response(frames, status=200, mimetype=route.media_type, direct_passthrough=True,
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        frames = stream_frames(service.events(gen, client_gone), route.stream(req, ctx), gen.close)
+        return stream_response(frames, route.media_type)
     return _json(route.render(service.complete(gen, client_gone), req, ctx))
 
 
-def _stream_frames(service: Service, gen: Generation, renderer: StreamRenderer,
-                   client_gone: Callable[[], bool]) -> Iterator[bytes]:
-    """THE streaming loop. Frames are written as they come; when the client hangs up, gunicorn closes this
-    generator and the `finally` cancels the engine sequences at once."""
+def stream_frames(events: Iterable[Any], renderer: StreamRenderer, close: Callable[[], None]) -> Iterator[bytes]:
+    """THE streaming loop, for every streamed response (generations, model changes, the monitor's event feed).
+    Frames are written as they come; `KEEPALIVE` items become the renderer's keepalive frames. When the client
+    hangs up, gunicorn closes this generator and `close` (in the `finally`) cancels the work at once."""
     try:
         for frame in renderer.start():
             yield frame
-        for event in service.events(gen, client_gone):
+        for event in events:
             for frame in renderer.keepalive() if event is KEEPALIVE else renderer.feed(event):
                 yield frame
     except GatewayError as err:
@@ -99,7 +115,12 @@ def _stream_frames(service: Service, gen: Generation, renderer: StreamRenderer,
         for frame in renderer.error(GatewayError(ErrorKind.INTERNAL, "The stream failed.")):
             yield frame
     finally:
-        gen.close()
+        close()
+
+
+def stream_response(frames: Iterator[bytes], media_type: str) -> Response:
+    return Response(frames, status=200, mimetype=media_type, direct_passthrough=True,
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def request_id() -> str:
@@ -156,6 +177,11 @@ def _client_gone_probe() -> Callable[[], bool]:
 
 
 def _json(body: Any, status: int = 200) -> Response:
+    """A rendered body: JSON, text/plain for a `str`, an empty 200 for None (Ollama's copy and delete)."""
+    if body is None:
+        return Response(b"", status=status)
+    if isinstance(body, str):
+        return Response(body, status=status, mimetype="text/plain")
     return Response(compact_json(body), status=status, mimetype="application/json")
 
 

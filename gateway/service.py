@@ -7,19 +7,23 @@ and the engine thread only decodes.
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
-from gateway.engine.executor import Executor
-from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
-from gateway.engine.pool import ModelPool
-from gateway.engine.template import DEFAULT_TEMPLATE, ChatTemplate
+from gateway import __version__
+from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Prefilled, Started
+from gateway.engine.pool import Lease, ModelPool
+from gateway.model_changes import ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
+from gateway.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.types import (
     Choice,
     ChoiceDone,
+    DetokenizeResult,
     Done,
     EmbeddingResult,
     ErrorKind,
@@ -27,13 +31,58 @@ from gateway.types import (
     GenerationResult,
     HealthResult,
     InternalRequest,
+    LoadResult,
     ModelList,
     OutputEvent,
+    Progress,
     Result,
+    RunningList,
+    RunningModel,
     TextDelta,
     Timings,
+    TokenizeResult,
     Usage,
+    VersionResult,
 )
+
+_END = object()
+
+
+class ChangeRun:
+    """A model change running on its own thread: iterate for its Progress, or `last()` for the final one.
+    `close()` (the client left) asks it to stop between chunks."""
+
+    def __init__(self, events: queue.SimpleQueue, stop: threading.Event, client_gone: ClientGone):
+        self._events = events
+        self._stop = stop
+        self._client_gone = client_gone
+
+    def __iter__(self) -> Iterator[Progress]:
+        while True:
+            try:
+                item = self._events.get(timeout=PROBE_SECONDS)
+            except queue.Empty:
+                if self._client_gone():
+                    self.close()
+                    return
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def last(self) -> Progress:
+        final = Progress("success")
+        for progress in self:
+            final = progress
+        return final
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+log = logging.getLogger("gateway.service")
 
 
 class KeepAlive:
@@ -55,106 +104,159 @@ class _Choice:
 
 @dataclass
 class Generation:
-    """The running choices of one request; iterate for events, `close()` cancels whatever is still running."""
+    """The running choices of one request; iterate for events, `close()` cancels whatever is still running
+    and lets go of the model (with the request's keep_alive)."""
 
     handles: list[JobHandle]
     sink: queue.SimpleQueue
     choices: list[_Choice]
-    load_seconds: float
+    lease: Lease
+    keep_alive: float | None
     echo: bool
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def load_seconds(self) -> float:
+        return self.lease.load_seconds
 
     def close(self) -> None:
         for handle in self.handles:
             handle.cancel()
+        self.lease.release(self.keep_alive)
 
 
 class Service:
-    def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0):
+    def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0,
+                 prompts: PromptBuilder | None = None, changes: ModelChanges | None = None):
         self.registry = registry
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
-        self._templates: dict[str, ChatTemplate] = {}
+        self.prompts = prompts or PromptBuilder()
+        self.changes = changes or ModelChanges(registry, pool, None)
+
+    def resolve(self, name: str) -> ModelSpec:
+        return self.registry.resolve(name) if name else self.registry.default()
 
     # -- queries ---------------------------------------------------------------------------------------------
 
     def query(self, req: InternalRequest) -> Result:
-        loaded = self.pool.loaded()
-        if req.kind == "health":
-            return HealthResult("ok", sorted(loaded))
-        if req.kind == "list_models":
-            return ModelList([self.registry.info(s, s.name in loaded) for s in self.registry.specs()])
-        if req.kind == "show_model":
-            spec = self.registry.resolve(req.model)
-            return self.registry.info(spec, spec.name in loaded)
-        raise GatewayError(ErrorKind.INTERNAL, f"Unknown query kind {req.kind}.")
+        kind = req.kind
+        if kind == "health":
+            return HealthResult("ok", sorted(self.pool.loaded()))
+        if kind == "version":
+            return VersionResult(__version__)
+        if kind == "list_models":
+            loaded = self.pool.loaded()
+            return ModelList([self.registry.info(s, s.name in loaded, _n_ctx(loaded, s.name))
+                              for s in self.registry.specs()])
+        if kind == "list_running":
+            return RunningList([self._running(entry) for entry in self.pool.running()])
+        spec = self.resolve(req.model)
+        if kind == "show_model":
+            loaded = self.pool.loaded()
+            return self.registry.info(spec, spec.name in loaded, _n_ctx(loaded, spec.name), full=True)
+        if kind == "unload_model":
+            self.pool.unload(spec.name)
+            return LoadResult(spec.name, "unload")
+        lease = self.pool.acquire(spec, req.load_options)
+        try:
+            if kind == "load_model":
+                return LoadResult(spec.name, "load")
+            if kind == "tokenize":
+                return self._tokenize(req, spec, lease)
+            if kind == "detokenize":
+                return self._detokenize(req, lease)
+        finally:
+            lease.release(req.keep_alive)
+        raise GatewayError(ErrorKind.INTERNAL, f"Unknown query kind {kind}.")
+
+    def _running(self, entry) -> RunningModel:
+        info = self.registry.info(entry.spec, True, entry.executor.n_ctx)
+        return RunningModel(info, entry.size, entry.size_vram, entry.expires_at_epoch(), entry.executor.n_ctx)
+
+    def _tokenize(self, req: InternalRequest, spec: ModelSpec, lease: Lease) -> TokenizeResult:
+        model = lease.executor.model
+        if req.messages:
+            tokens = self.prompts.render_chat(req, spec, lease.executor).tokens
+        else:
+            text = req.prompts[0] if req.prompts else ""
+            tokens = model.tokenize(text, model.add_bos and req.add_special_tokens, True)
+        return TokenizeResult(tokens, [model.token_text(t) for t in tokens], lease.executor.n_ctx, spec.name)
+
+    def _detokenize(self, req: InternalRequest, lease: Lease) -> DetokenizeResult:
+        tokens = req.prompts[0] if req.prompts and isinstance(req.prompts[0], list) else []
+        check_token_ids([tokens], lease.executor.model.n_vocab, "tokens")
+        return DetokenizeResult(lease.executor.model.detokenize(tokens))
 
     def embed(self, req: InternalRequest) -> EmbeddingResult:
-        executor, _ = self.pool.get(self.registry.resolve(req.model))
-        model = executor.model
-        inputs = [p if isinstance(p, list) else model.tokenize(p, model.add_bos, False) for p in req.prompts]
-        _check_token_ids(inputs, model.n_vocab, "input")
-        vectors = executor.embed(inputs)
+        started = time.monotonic()
+        lease = self.pool.acquire(self.resolve(req.model), req.load_options)
+        try:
+            executor = lease.executor
+            model = executor.model
+            inputs = [p if isinstance(p, list) else model.tokenize(p, model.add_bos, False) for p in req.prompts]
+            check_token_ids(inputs, model.n_vocab, "input")
+            if req.truncate_tokens:
+                inputs = [tokens[: req.truncate_tokens] for tokens in inputs]
+            vectors = executor.embed(inputs)
+        finally:
+            lease.release(req.keep_alive)
         n = sum(len(t) for t in inputs)
-        return EmbeddingResult(vectors, Usage(prompt_tokens=n))
+        timings = Timings(load=lease.load_seconds, total=time.monotonic() - started)
+        return EmbeddingResult(vectors, Usage(prompt_tokens=n), timings)
+
+    def change(self, req: InternalRequest, client_gone: ClientGone) -> ChangeRun:
+        """Start a model change (pull, create, copy, delete) on a worker thread."""
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                self.changes.run(req.change, events.put, stop.is_set)
+                events.put(_END)
+            except GatewayError as err:
+                events.put(err)
+            except Exception as exc:
+                log.exception("model change failed")
+                events.put(GatewayError(ErrorKind.INTERNAL, f"The model change failed: {exc}"))
+
+        threading.Thread(target=work, name=f"model-{req.change.op}", daemon=True).start()
+        return ChangeRun(events, stop, client_gone)
 
     # -- generation ------------------------------------------------------------------------------------------
 
     def start(self, req: InternalRequest) -> Generation:
         """Tokenize and submit every choice; errors that can be known before decoding are raised here."""
-        spec = self.registry.resolve(req.model)
-        executor, load_seconds = self.pool.get(spec)
-        prompts = self._prompts(req, spec, executor)
+        spec = self.resolve(req.model)
+        lease = self.pool.acquire(spec, req.load_options)
         sink: queue.SimpleQueue = queue.SimpleQueue()
-        handles: list[JobHandle] = []
-        choices: list[_Choice] = []
+        gen = Generation([], sink, [], lease, req.keep_alive, req.echo)
         try:
-            for p_index, (text, tokens) in enumerate(prompts):
+            prepared = self.prompts.prepare(req, spec, lease.executor)
+            sampling = with_model_defaults(req.sampling, spec)
+            for p_index, prompt in enumerate(prepared.prompts):
                 for j in range(req.n):
-                    job = self._job(req, tokens, executor, j)
+                    job = self._job(req, sampling, prompt.tokens, prepared.window, j)
                     index = p_index * req.n + j
-                    handles.append(executor.submit(job, sink, tag=index))
-                    choices.append(_Choice(index, text, count_prompt=(j == 0)))
-        except GatewayError:
-            for handle in handles:
-                handle.cancel()
+                    gen.handles.append(lease.executor.submit(job, sink, tag=index))
+                    gen.choices.append(_Choice(index, prompt.text, count_prompt=(j == 0)))
+        except BaseException:
+            gen.close()
             raise
-        return Generation(handles, sink, choices, load_seconds, req.echo)
+        return gen
 
-    def _prompts(self, req: InternalRequest, spec: ModelSpec, executor: Executor) -> list[tuple[str, list[int]]]:
-        model = executor.model
-        if req.kind == "chat":
-            if any(m.images for m in req.messages):
-                raise GatewayError(ErrorKind.INVALID_REQUEST,
-                                   f"The model `{spec.name}` does not accept images.", "messages")
-            text = self._template(spec, executor).render(req.messages, req.tools or None,
-                                                         req.add_generation_prompt)
-            add_bos = model.add_bos and not (model.bos_text and text.startswith(model.bos_text))
-            return [(text, model.tokenize(text, add_bos, True))]
-        result = []
-        for prompt in req.prompts:
-            if isinstance(prompt, list):
-                _check_token_ids([prompt], model.n_vocab, "prompt")
-                result.append((model.detokenize(prompt), prompt))
-            else:
-                result.append((prompt, model.tokenize(prompt, model.add_bos, True)))
-        return result
-
-    def _template(self, spec: ModelSpec, executor: Executor) -> ChatTemplate:
-        template = self._templates.get(spec.name)
-        if template is None:
-            source = executor.model.chat_template() or DEFAULT_TEMPLATE
-            template = ChatTemplate(source, executor.model.bos_text, executor.model.eos_text)
-            self._templates[spec.name] = template
-        return template
-
-    def _job(self, req: InternalRequest, tokens: list[int], executor: Executor, choice: int) -> GenerationJob:
-        sampling = req.sampling
+    def _job(self, req: InternalRequest, sampling, tokens: list[int], window: int, choice: int) -> GenerationJob:
         if choice and sampling.seed is not None:  # n > 1 with a seed: distinct yet reproducible choices
             sampling = replace(sampling, seed=sampling.seed + choice)
+        room = window - len(tokens)
+        if room <= 0:
+            raise GatewayError(
+                ErrorKind.CONTEXT_OVERFLOW,
+                f"This model's maximum context length is {window} tokens. However, your prompt has {len(tokens)} "
+                f"tokens. Please reduce the length of the prompt.", "messages")
         max_tokens = sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = max(1, executor.n_ctx - len(tokens))
+        if max_tokens is None or (req.truncate == "drop_turns" and max_tokens > room):
+            max_tokens = room  # Ollama's num_predict is a cap, never a reason to refuse
         logprobs = sampling.top_logprobs if sampling.logprobs else None
         return GenerationJob(prompt=tokens, sampling=sampling, max_tokens=max_tokens, stop=sampling.stop,
                              logprobs=logprobs)
@@ -186,6 +288,8 @@ class Service:
             quiet_since = now
             if isinstance(event, Piece):
                 yield TextDelta(index, event.text, event.logprobs)
+            elif isinstance(event, Prefilled):
+                continue
             elif isinstance(event, Started):
                 if gen.echo:
                     yield TextDelta(index, by_index[index].prompt_text)
@@ -228,9 +332,6 @@ class Service:
         return GenerationResult([choices[i] for i in sorted(choices)], done.usage, done.timings)
 
 
-def _check_token_ids(prompts: list[list[int]], n_vocab: int, param: str) -> None:
-    for tokens in prompts:
-        for token in tokens:
-            if not 0 <= token < n_vocab:
-                raise GatewayError(ErrorKind.INVALID_REQUEST,
-                                   f"Invalid token id {token} in `{param}`: expected 0 to {n_vocab - 1}.", param)
+def _n_ctx(loaded: dict, name: str) -> int:
+    executor = loaded.get(name)
+    return executor.n_ctx if executor is not None else 0

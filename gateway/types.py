@@ -6,6 +6,7 @@ Everything here is plain data: no I/O, no Flask, no llama.cpp.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Union
@@ -41,6 +42,29 @@ class GatewayError(Exception):
 def invalid(message: str, param: str | None = None) -> GatewayError:
     """Shorthand for the most common error: a field with a wrong type or value."""
     return GatewayError(ErrorKind.INVALID_REQUEST, message, param)
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a keep_alive value the way Ollama reads one: a number is seconds, a string is a Go duration
+    ("5m", "1h30m", "300ms") or a bare number of seconds; anything negative means forever and is returned
+    as -1. ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration such as \"5m\" or a number of seconds, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        if re.fullmatch(r"\d+(\.\d*)?", body):  # a bare number is seconds, as OLLAMA_KEEP_ALIVE reads it
+            return -1.0 if sign < 0 else float(body)
+        parts = _DURATION_PART.findall(body)
+        if not body or "".join(n + u for n, u in parts) != body:
+            raise ValueError(f"expected a duration such as \"5m\", \"1h30m\" or \"300ms\", got {value!r}")
+        value = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    return -1.0 if value < 0 else float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,11 +139,49 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens (vLLM)
+    min_tokens: int = 0  # end-of-generation tokens and stop strings are not honoured before this many tokens
+    stop_token_ids: list[int] = field(default_factory=list)  # extra tokens that end generation
+    include_stop_str: bool = False  # return the matched stop string at the end of the text (vLLM)
+    skip_special_tokens: bool = True  # leave control tokens (e.g. <|im_end|>) out of the text
 
 
-RequestKind = Literal["chat", "completion", "embedding", "tokenize", "list_models", "show_model", "health"]
+MODEL_PARAMETERS: dict[str, str] = {
+    "num_predict": "max_tokens", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+    "min_p": "min_p", "typical_p": "typical_p", "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n", "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+}
+"""Ollama option / Modelfile PARAMETER names → `SamplingParams` fields: the vocabulary of per-model defaults
+(an Ollama store's params layer, `parameters` in config) and of Ollama's `options`."""
+
+
+RequestKind = Literal[
+    "chat", "completion", "embedding",
+    "tokenize", "detokenize",  # TokenizeResult / DetokenizeResult
+    "list_models", "show_model", "list_running", "health", "version",  # queries: ModelList, ModelInfo, ...
+    "load_model", "unload_model",  # LoadResult
+    "copy_model", "delete_model", "create_model", "pull_model",  # ModelChange → Progress events
+]
+"""`tokenize` takes `messages` (rendered with the chat template) or `prompts[0]` (text); `detokenize` takes
+`prompts[0]` as token ids; `show_model` with an empty `model` is the default model (TGI's /info)."""
 
 Prompt = Union[str, list[int]]
+
+
+@dataclass
+class ModelChange:
+    """A change to the model store. copy: `source` → `name`; delete: `name`; create: `name` from `source` (a GGUF
+    path on disk or an existing model name) with `template`, `system`, `parameters` as that model's defaults;
+    pull: `name` from its registry (`insecure` allows plain HTTP)."""
+
+    op: Literal["copy", "delete", "create", "pull"]
+    name: str
+    source: str = ""
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    insecure: bool = False
 
 
 @dataclass
@@ -141,6 +203,15 @@ class InternalRequest:
     keep_alive: float | None = None
     think: bool | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False  # render the last (assistant) message open, to be continued
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables for the chat template
+    add_special_tokens: bool = True  # tokenize: add BOS where the model wants it
+    suffix: str | None = None  # fill-in-the-middle: text after the insertion point
+    num_ctx: int | None = None  # cap this request's window (prompt + output) at this many tokens; never reloads
+    truncate: Literal["error", "drop_turns"] = "error"  # a chat too long: refuse, or drop oldest turns (Ollama)
+    truncate_tokens: int | None = None  # keep only the last N prompt tokens (TGI `truncate`, vLLM)
+    load_options: dict[str, int] = field(default_factory=dict)  # n_threads, n_gpu_layers: used if this loads
+    change: ModelChange | None = None
     render: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,10 +221,15 @@ class InternalRequest:
 
 @dataclass
 class TokenLogprob:
+    """A generated token: text, log-probability, UTF-8 bytes, and the top alternatives as
+    (text, logprob, bytes, id). `id` and `special` (a control token) serve TGI's token objects."""
+
     token: str
     logprob: float
     bytes: list[int]
-    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
+    top: list[tuple[str, float, list[int], int]] = field(default_factory=list)
+    id: int = -1
+    special: bool = False
 
 
 @dataclass
@@ -228,7 +304,6 @@ class Done:
     timings: Timings = field(default_factory=Timings)
 
 
-OutputEvent = Union[TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done]
 
 
 @dataclass
@@ -255,22 +330,33 @@ class GenerationResult:
 class EmbeddingResult:
     vectors: list[list[float]]
     usage: Usage
+    timings: Timings = field(default_factory=Timings)
 
 
 @dataclass
 class ModelInfo:
-    """What listing endpoints show about a model, read from its GGUF header without loading weights."""
+    """What listing endpoints show about a model, read from its GGUF header without loading weights.
+    `metadata`, `template` and `parameters` are filled for `show_model` only (every GGUF key except token
+    arrays, the chat template source, the model's default options)."""
 
     name: str
     created: int
     path: str = ""
     size: int = 0
     architecture: str = ""
-    context_length: int = 0
+    context_length: int = 0  # trained context
+    max_model_len: int = 0  # the context this server gives it (loaded, or what it would get)
     parameter_count: int = 0
-    quantization: str = ""
+    parameter_size: str = ""  # "135M", "1.2B"
+    quantization: str = ""  # "Q4_1"
+    digest: str = ""  # sha256 hex of the GGUF file (Ollama store: the model layer's digest)
     aliases: list[str] = field(default_factory=list)
     loaded: bool = False
+    capabilities: list[str] = field(default_factory=list)  # completion, embedding, vision, tools, insert, thinking
+    metadata: dict[str, Any] = field(default_factory=dict)
+    template: str = ""
+    system: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -279,9 +365,65 @@ class ModelList:
 
 
 @dataclass
+class RunningModel:
+    """A loaded model (Ollama's /api/ps). `expires_at` is epoch seconds, None for never."""
+
+    info: ModelInfo
+    size: int
+    size_vram: int
+    expires_at: float | None
+    context_length: int
+
+
+@dataclass
+class RunningList:
+    models: list[RunningModel]
+
+
+@dataclass
 class HealthResult:
     status: str
     models_loaded: list[str]
 
 
-Result = Union[GenerationResult, EmbeddingResult, ModelList, ModelInfo, HealthResult]
+@dataclass
+class VersionResult:
+    version: str
+
+
+@dataclass
+class TokenizeResult:
+    tokens: list[int]
+    pieces: list[str]  # each token's text
+    max_model_len: int
+    model: str
+
+
+@dataclass
+class DetokenizeResult:
+    text: str
+
+
+@dataclass
+class LoadResult:
+    """A model was loaded (a chat/generate with nothing to say) or unloaded (keep_alive 0)."""
+
+    model: str
+    action: Literal["load", "unload"]
+
+
+@dataclass
+class Progress:
+    """One step of a model change (pull, create, copy, delete); the last one of a success has status 'success'."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+Result = Union[GenerationResult, EmbeddingResult, ModelList, ModelInfo, HealthResult, RunningList, VersionResult,
+               TokenizeResult, DetokenizeResult, LoadResult, Progress]
+
+OutputEvent = Union[TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done, Progress]
+"""What a stream renderer is fed: generation events, or a model change's progress."""

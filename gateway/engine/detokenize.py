@@ -2,7 +2,8 @@
 
 A token's bytes may end in the middle of a multi-byte character, and a stop string may span several tokens, so
 text is released only when it can no longer change: incomplete characters and any tail that could still grow
-into a stop string are held back. A stop string itself is never released.
+into a stop string are held back. A stop string itself is released only when the job asks for it
+(vLLM's include_stop_str_in_output).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def partial_stop_len(text: str, stops: list[str]) -> int:
 class TextStream:
     """Turns token bytes into releasable text for one sequence."""
 
-    def __init__(self, stops: list[str] | None = None):
+    def __init__(self, stops: list[str] | None = None, include_stop: bool = False):
+        self._include_stop = include_stop
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = [s for s in (stops or []) if s]
         self._held = ""
@@ -42,6 +44,8 @@ class TextStream:
             if pos != -1 and (cut == -1 or pos < cut):
                 cut, self.matched_stop = pos, stop
         if cut != -1:
+            if self._include_stop:
+                cut += len(self.matched_stop)
             out, self._held = self._held[:cut], ""
             return out
         keep = partial_stop_len(self._held, self._stops)

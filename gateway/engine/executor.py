@@ -14,17 +14,17 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llama_cpp
 
-from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
+from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Prefilled, Started
 from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
 from gateway.engine.prefix_cache import find_leader, held_prefixes, reuse_prefix
 from gateway.engine.sampling import SamplerChain, SamplingDefaults
 from gateway.engine.sequence import Sequence
-from gateway.types import ErrorKind, GatewayError
+from gateway.types import ErrorKind, GatewayError, SamplingParams
 
 log = logging.getLogger("gateway.engine")
 
@@ -106,8 +106,22 @@ class Executor:
         return result
 
     def stats(self) -> dict:
+        """A racy but harmless snapshot for monitoring (read from other threads without locks)."""
         busy = sum(1 for s in self._slots if s.handle is not None)
-        return {"parallel": self.parallel, "busy": busy, "waiting": len(self._waiting), "n_ctx": self.n_ctx}
+        kv_used = sum(len(s.tokens) for s in self._slots)
+        return {"parallel": self.parallel, "busy": busy, "waiting": max(0, self.waiting()), "n_ctx": self.n_ctx,
+                "kv_used": min(kv_used, self.n_ctx)}
+
+    def waiting(self) -> int:
+        """Jobs submitted that have no sequence yet (also those still in the inbox)."""
+        return self._submitted - self._ended - sum(1 for s in self._slots if s.handle is not None)
+
+    def queue_position(self, handle: JobHandle) -> int:
+        """1-based place of a job in the wait queue; 0 once it runs or has ended."""
+        try:
+            return list(self._waiting).index(handle) + 1
+        except ValueError:
+            return 0
 
     def close(self) -> None:
         self._inbox.put(("stop", None))
@@ -173,17 +187,38 @@ class Executor:
             held = held_prefixes(self._slots, prompt)
             seq = max(free, key=lambda s: (held[s], -s.last_used))
             try:
-                sampler = SamplerChain(self.model.vocab, self.model.n_vocab, handle.job.sampling, self.defaults,
-                                       handle.job.grammar)
+                sampler, early = self._samplers(handle.job)
             except GatewayError as err:
                 self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
-            seq.begin(handle, sampler)
+            seq.begin(handle, sampler, early)
             leader, shared = find_leader(held, prompt)
             if leader is not None:
                 seq.follow(leader, shared)
             else:
                 self._start_prefill(seq, held)
+
+    def _samplers(self, job: GenerationJob) -> tuple[SamplerChain, SamplerChain | None]:
+        """The job's chain, and for `min_tokens` a second one that bans every token that would end it early."""
+        sampling = job.sampling
+
+        def make(params: SamplingParams) -> SamplerChain:
+            return SamplerChain(self.model.vocab, self.model.n_vocab, params, self.defaults, job.grammar)
+
+        sampler = make(sampling)
+        if sampling.min_tokens <= 0 or sampling.ignore_eos and not sampling.stop_token_ids:
+            return sampler, None
+        banned = self._ending_tokens(sampling)
+        bias = {**sampling.logit_bias, **{t: -math.inf for t in banned}}
+        try:
+            return sampler, make(replace(sampling, logit_bias=bias))
+        except BaseException:
+            sampler.free()
+            raise
+
+    def _ending_tokens(self, sampling: SamplingParams) -> set[int]:
+        ids = {t for t in sampling.stop_token_ids if 0 <= t < self.model.n_vocab}
+        return ids if sampling.ignore_eos else ids | self.model.eog
 
     def _start_prefill(self, seq: Sequence, held: dict[Sequence, int] | None = None) -> None:
         """Take what the cache holds of the prompt and queue the rest; `held` is recomputed for a follower,
@@ -203,6 +238,7 @@ class Executor:
                 self._start_prefill(seq)
         n = 0
         outputs: list[tuple[Sequence, int]] = []
+        prefilled: list[Sequence] = []
         active = [s for s in self._slots if s.handle is not None]
         followed = {s.leader for s in active if s.leader is not None}
         for slot in active:
@@ -223,6 +259,7 @@ class Executor:
                 continue
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             budget -= len(chunk)
+            prefilled.append(slot)
             for i, token in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
                 self._put(n, token, len(slot.tokens), slot.seq_id, last)
@@ -235,6 +272,9 @@ class Executor:
         if rc != 0:
             self._decode_failed(rc, active)
             return
+        for slot in prefilled:
+            if slot.pending:
+                slot.handle.emit(Prefilled(len(slot.tokens)))
         for slot, row in outputs:
             self._sample(slot, row)
 
@@ -267,20 +307,26 @@ class Executor:
             self._finish(slot, "error", err)
 
     def _sample(self, slot: Sequence, row: int) -> None:
-        token = slot.sampler.sample(self._ctx, row)
+        token = slot.current_sampler().sample(self._ctx, row)
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
         job = slot.handle.job
-        if token in self.model.eog:
+        sampling = job.sampling
+        if token in sampling.stop_token_ids or token in self.model.eog and not sampling.ignore_eos:
             self._finish(slot, "stop")
             return
         slot.generated += 1
         logprobs = None
         if job.logprobs is not None:
             logits = llama_cpp.llama_get_logits_ith(self._ctx, row)
-            logprobs = [token_logprobs(logits, self.model.n_vocab, token, job.logprobs, self.model.pieces)]
-        text = slot.text.push(self.model.pieces[token])
+            entry = token_logprobs(logits, self.model.n_vocab, token, job.logprobs, self.model.pieces)
+            entry.special = token in self.model.control
+            logprobs = [entry]
+        piece = self.model.pieces[token]
+        if not sampling.skip_special_tokens:
+            piece = self.model.control.get(token, piece)
+        text = slot.text.push(piece)
         if text or logprobs:
             slot.handle.emit(Piece(text, logprobs))
         if slot.text.matched_stop is not None:

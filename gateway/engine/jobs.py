@@ -33,6 +33,13 @@ class Started:
 
 
 @dataclass
+class Prefilled:
+    """Prompt tokens now in the cache (cached ones included), after each prefill step: progress for trackers."""
+
+    done: int
+
+
+@dataclass
 class Piece:
     """Final text for one or more sampled tokens (text may be empty while a stop string or UTF-8 is held back)."""
 
@@ -56,7 +63,7 @@ class Finished:
     error: GatewayError | None = None
 
 
-EngineEvent = Union[Started, Piece, Finished]
+EngineEvent = Union[Started, Prefilled, Piece, Finished]
 
 
 class JobHandle:

@@ -66,6 +66,11 @@ def physical_cores() -> int:
     return max(1, min(usable, len(cores) or usable))
 
 
+def supports_gpu_offload() -> bool:
+    init_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 @dataclass
 class LoadParams:
     """How a model is loaded; fixed for the life of the loaded model (requests never change these)."""
@@ -103,6 +108,12 @@ class LlamaModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.pieces = [self._piece(t, special=False) for t in range(self.n_vocab)]
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        # Control tokens render as nothing in `pieces`; their text is here for skip_special_tokens=False.
+        self.control = {t: self._piece(t, special=True) for t in range(self.n_vocab)
+                        if llama_cpp.llama_vocab_is_control(self.vocab, t)}
+        fim = (llama_cpp.llama_vocab_fim_pre(self.vocab), llama_cpp.llama_vocab_fim_suf(self.vocab),
+               llama_cpp.llama_vocab_fim_mid(self.vocab))
+        self.fim: tuple[int, int, int] | None = fim if min(fim) >= 0 else None
         self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
 

@@ -18,15 +18,15 @@ def token_logprobs(logits_ptr: ctypes.POINTER(ctypes.c_float), n_vocab: int, tok
     row = np.ctypeslib.as_array(logits_ptr, shape=(n_vocab,))
     peak = float(row.max())
     log_total = peak + float(np.log(np.exp(row - peak).sum()))
-    top: list[tuple[str, float, list[int]]] = []
+    top: list[tuple[str, float, list[int], int]] = []
     if top_n > 0:
         best = np.argpartition(row, -top_n)[-top_n:]
         for tok in best[np.argsort(row[best])[::-1]]:
             top.append(_entry(pieces, int(tok), float(row[tok]) - log_total))
-    text, _, raw = _entry(pieces, token, 0.0)
-    return TokenLogprob(token=text, logprob=float(row[token]) - log_total, bytes=raw, top=top)
+    text, _, raw, _ = _entry(pieces, token, 0.0)
+    return TokenLogprob(token=text, logprob=float(row[token]) - log_total, bytes=raw, top=top, id=token)
 
 
-def _entry(pieces: list[bytes], token: int, logprob: float) -> tuple[str, float, list[int]]:
+def _entry(pieces: list[bytes], token: int, logprob: float) -> tuple[str, float, list[int], int]:
     raw = pieces[token]
-    return raw.decode("utf-8", errors="replace"), logprob, list(raw)
+    return raw.decode("utf-8", errors="replace"), logprob, list(raw), token

@@ -1,79 +1,295 @@
-"""Which models are loaded. Models load on first use; two requests for the same model never load it twice.
+"""Which models are loaded, for how long, and which one leaves when another needs the room.
 
-`load_fn` is the seam tests use to count loads without llama.cpp.
+Requests hold a `Lease` on a model while they use it; a model with leases is never unloaded. When the last
+lease ends the model stays for its keep_alive (the request's, else the model's, else the default), then a
+reaper thread unloads it. Loading a model that would exceed `max_loaded_models` or the memory budget (weights
+plus KV cache, estimated from the GGUF header before loading) first unloads the least recently used idle
+models; if the busy ones leave no room, the load waits for them. Pinned models never expire or leave.
+
+`load_fn` and `estimate_fn` are the seams tests use to exercise the policy without llama.cpp.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.engine.executor import Executor, ExecutorSettings
-from gateway.engine.llama import LoadParams
+from gateway.engine.llama import LoadParams, supports_gpu_offload
+from gateway.models.gguf import read_metadata
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.engine")
 
 LoadFn = Callable[[ModelSpec, ExecutorSettings], Executor]
+EstimateFn = Callable[[ModelSpec, ExecutorSettings], int]
 
 
 def load_executor(spec: ModelSpec, settings: ExecutorSettings) -> Executor:
     return Executor(spec.name, spec.path, settings)
 
 
+def estimate_bytes(spec: ModelSpec, settings: ExecutorSettings) -> int:
+    """Weights (the file) plus the KV cache for the context it will get, plus logits for a full batch."""
+    meta = read_metadata(spec.path)
+    n_ctx = settings.n_ctx or min(meta.context_length or 4096, 8192)
+    n_vocab = meta.array_lengths.get("tokenizer.ggml.tokens", 0)
+    return os.path.getsize(spec.path) + meta.kv_cache_bytes(n_ctx) + 4 * n_vocab * settings.n_batch
+
+
+def vram_bytes(spec: ModelSpec, settings: ExecutorSettings, size: int) -> int:
+    """The share of `size` offloaded to GPUs: by offloaded layers (the output layer counts as one more)."""
+    layers = settings.load.n_gpu_layers if settings.load else 0
+    if layers == 0 or not supports_gpu_offload():
+        return 0
+    total = int(read_metadata(spec.path).kv.get(f"{read_metadata(spec.path).architecture}.block_count", 0)) + 1
+    return size if layers < 0 or layers >= total else size * layers // total
+
+
+@dataclass
+class PoolSettings:
+    keep_alive: float = 300.0  # seconds an idle model stays; negative: forever; 0: unload when idle
+    max_loaded_models: int = 3  # 0: no limit
+    memory_budget: int = 0  # bytes for all loaded models; 0: no limit
+    load_timeout: float = 600.0  # how long a load may wait for busy models to make room
+    pinned: set[str] = field(default_factory=set)  # names never unloaded (besides specs marked pinned)
+
+
+@dataclass
+class Loaded:
+    """One loaded model. Mutable fields change only under the pool's lock."""
+
+    spec: ModelSpec
+    executor: Executor
+    size: int
+    load_seconds: float
+    pinned: bool = False
+    keep_alive: float = 300.0
+    size_vram: int = 0
+    in_use: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float | None = None  # monotonic; None while in use or kept forever
+
+    def expires_at_epoch(self) -> float | None:
+        """When it will be unloaded if nothing else uses it (the clock starts when its last request ends)."""
+        if self.pinned or self.keep_alive < 0:
+            return None
+        if self.expires_at is None:
+            return time.time() + self.keep_alive
+        return time.time() + (self.expires_at - time.monotonic())
+
+
+class Lease:
+    """A request's hold on a loaded model; `release` once, with the request's keep_alive in seconds (None keeps
+    the model's current one)."""
+
+    def __init__(self, pool: ModelPool, entry: Loaded, load_seconds: float):
+        self._pool = pool
+        self._entry = entry
+        self.executor = entry.executor
+        self.load_seconds = load_seconds
+        self._released = False
+
+    def release(self, keep_alive: float | None = None) -> None:
+        if not self._released:
+            self._released = True
+            self._pool._release(self._entry, keep_alive)
+
+
 class ModelPool:
-    def __init__(self, base: ExecutorSettings, load_fn: LoadFn = load_executor):
+    def __init__(self, base: ExecutorSettings, settings: PoolSettings | None = None,
+                 load_fn: LoadFn = load_executor, estimate_fn: EstimateFn = estimate_bytes):
         self._base = base
+        self.settings = settings or PoolSettings()
         self._load_fn = load_fn
-        self._loaded: dict[str, Executor] = {}
-        self._load_seconds: dict[str, float] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._estimate_fn = estimate_fn
+        self._loaded: dict[str, Loaded] = {}
+        self._loading: dict[str, int] = {}  # name → estimated bytes, while a thread loads it
+        self._cond = threading.Condition()
+        self._closed = False
+        self._reaper = threading.Thread(target=self._reap, name="model-reaper", daemon=True)
+        self._reaper.start()
 
-    def get(self, spec: ModelSpec) -> tuple[Executor, float]:
-        """The executor for `spec`, loading it if needed; also returns the seconds this call spent loading."""
-        executor = self._loaded.get(spec.name)
-        if executor is not None:
-            return executor, 0.0
-        with self._guard:
-            lock = self._locks.setdefault(spec.name, threading.Lock())
-        with lock:
-            executor = self._loaded.get(spec.name)
-            if executor is not None:
-                return executor, 0.0
-            started = time.monotonic()
-            try:
-                executor = self._load_fn(spec, self._settings_for(spec))
-            except (RuntimeError, OSError) as exc:
-                log.error("loading %s failed: %s", spec.name, exc)
-                raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
-            seconds = time.monotonic() - started
-            log.info("loaded %s in %.2fs (n_ctx %d, parallel %d, threads %d)", spec.name, seconds,
-                     executor.n_ctx, executor.parallel, executor.n_threads)
-            self._loaded[spec.name] = executor
-            self._load_seconds[spec.name] = seconds
-            return executor, seconds
+    # -- leases ----------------------------------------------------------------------------------------------
 
-    def _settings_for(self, spec: ModelSpec) -> ExecutorSettings:
+    def acquire(self, spec: ModelSpec, load_options: dict[str, int] | None = None,
+                on_loading: Callable[[], None] | None = None) -> Lease:
+        """A lease on `spec`'s executor, loading it (and making room) if needed. `load_options` (n_threads,
+        n_gpu_layers) apply only if this call loads the model; `on_loading` is told when the caller must wait
+        for a load."""
+        deadline = time.monotonic() + self.settings.load_timeout
+        told = False
+        with self._cond:
+            while True:
+                entry = self._loaded.get(spec.name)
+                if entry is not None:
+                    entry.in_use += 1
+                    entry.expires_at = None
+                    return Lease(self, entry, 0.0)
+                if not told and on_loading is not None:
+                    on_loading()
+                    told = True
+                if spec.name not in self._loading:
+                    settings = self._settings_for(spec, load_options or {})
+                    size = self._estimate_fn(spec, settings)
+                    victims = self._make_room(spec, size)
+                    if victims is not None:
+                        self._loading[spec.name] = size
+                        break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GatewayError(ErrorKind.UNAVAILABLE,
+                                       f"The model `{spec.name}` could not be loaded: the models in use leave no "
+                                       f"room for it (max_loaded_models {self.settings.max_loaded_models}, memory "
+                                       f"budget {_gib(self.settings.memory_budget)}).")
+                self._cond.wait(min(remaining, 1.0))
+        for victim in victims:
+            self._close(victim, "to make room for " + spec.name)
+        return self._load(spec, settings, size)
+
+    def _load(self, spec: ModelSpec, settings: ExecutorSettings, size: int) -> Lease:
+        started = time.monotonic()
+        try:
+            executor = self._load_fn(spec, settings)
+        except (RuntimeError, OSError) as exc:
+            log.error("loading %s failed: %s", spec.name, exc)
+            with self._cond:
+                del self._loading[spec.name]
+                self._cond.notify_all()
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
+        seconds = time.monotonic() - started
+        log.info("loaded %s in %.2fs (n_ctx %d, parallel %d, threads %d, ~%s)", spec.name, seconds,
+                 executor.n_ctx, executor.parallel, executor.n_threads, _gib(size))
+        entry = Loaded(spec, executor, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
+                       keep_alive=self.settings.keep_alive if spec.keep_alive is None else spec.keep_alive,
+                       size_vram=vram_bytes(spec, settings, size), in_use=1)
+        with self._cond:
+            del self._loading[spec.name]
+            self._loaded[spec.name] = entry
+            self._cond.notify_all()
+        return Lease(self, entry, seconds)
+
+    def _make_room(self, spec: ModelSpec, size: int) -> list[Loaded] | None:
+        """Idle models to unload (least recently used first) so `spec` fits; None if it cannot fit yet."""
+        budget, limit = self.settings.memory_budget, self.settings.max_loaded_models
+        if budget and size > budget:
+            raise GatewayError(ErrorKind.UNAVAILABLE,
+                               f"The model `{spec.name}` needs about {_gib(size)} but the memory budget is "
+                               f"{_gib(budget)}.")
+        kept = list(self._loaded.values())
+        used = sum(e.size for e in kept) + sum(self._loading.values())
+        count = len(kept) + len(self._loading)
+        victims: list[Loaded] = []
+        idle = sorted((e for e in kept if not e.in_use and not e.pinned), key=lambda e: e.last_used)
+        while (limit and count + 1 > limit) or (budget and used + size > budget):
+            if not idle:
+                return None
+            victim = idle.pop(0)
+            victims.append(victim)
+            used -= victim.size
+            count -= 1
+        for victim in victims:
+            del self._loaded[victim.spec.name]
+        return victims
+
+    def _release(self, entry: Loaded, keep_alive: float | None) -> None:
+        with self._cond:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+            if keep_alive is not None:
+                entry.keep_alive = keep_alive
+            if entry.in_use or entry.pinned:
+                return
+            unload_now = entry.keep_alive == 0 and self._loaded.get(entry.spec.name) is entry
+            if unload_now:
+                del self._loaded[entry.spec.name]
+            else:
+                entry.expires_at = None if entry.keep_alive < 0 else entry.last_used + entry.keep_alive
+            self._cond.notify_all()
+        if unload_now:
+            self._close(entry, "keep_alive 0")
+
+    # -- management ------------------------------------------------------------------------------------------
+
+    def unload(self, name: str) -> bool:
+        """Unload now if idle, else as soon as its last request ends (Ollama's keep_alive 0). False if not loaded."""
+        with self._cond:
+            entry = self._loaded.get(name)
+            if entry is None:
+                return False
+            entry.keep_alive = 0
+            entry.pinned = False
+            if entry.in_use:
+                return True
+            del self._loaded[name]
+            self._cond.notify_all()
+        self._close(entry, "unload requested")
+        return True
+
+    def preload(self, spec: ModelSpec) -> None:
+        self.acquire(spec).release()
+
+    def loaded(self) -> dict[str, Executor]:
+        with self._cond:
+            return {name: e.executor for name, e in self._loaded.items()}
+
+    def running(self) -> list[Loaded]:
+        with self._cond:
+            return list(self._loaded.values())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            entries = list(self._loaded.values())
+            self._loaded.clear()
+            self._cond.notify_all()
+        for entry in entries:
+            entry.executor.close()
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Unload idle models whose keep_alive has run out; wakes at the next expiry or on any change."""
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                expired = [e for e in self._loaded.values()
+                           if not e.in_use and not e.pinned and e.expires_at is not None and e.expires_at <= now]
+                for entry in expired:
+                    del self._loaded[entry.spec.name]
+                if not expired:
+                    upcoming = [e.expires_at for e in self._loaded.values()
+                                if not e.in_use and e.expires_at is not None]
+                    self._cond.wait(min(upcoming) - now if upcoming else None)
+                    continue
+                self._cond.notify_all()
+            for entry in expired:
+                self._close(entry, "keep_alive expired")
+
+    def _close(self, entry: Loaded, why: str) -> None:
+        log.info("unloading %s (%s)", entry.spec.name, why)
+        entry.executor.close()
+
+    def _settings_for(self, spec: ModelSpec, options: dict[str, int]) -> ExecutorSettings:
         base = self._base
         return ExecutorSettings(
             parallel=spec.parallel or base.parallel,
             n_ctx=spec.n_ctx or base.n_ctx,
             n_batch=base.n_batch,
             prefill_chunk=base.prefill_chunk,
-            n_threads=spec.n_threads or base.n_threads,
+            n_threads=spec.n_threads or options.get("n_threads") or base.n_threads,
             max_queue=base.max_queue,
-            load=LoadParams(n_gpu_layers=spec.n_gpu_layers, split_mode=spec.split_mode, main_gpu=spec.main_gpu,
-                            tensor_split=spec.tensor_split),
+            load=LoadParams(n_gpu_layers=options.get("n_gpu_layers", spec.n_gpu_layers), split_mode=spec.split_mode,
+                            main_gpu=spec.main_gpu, tensor_split=spec.tensor_split),
         )
 
-    def loaded(self) -> dict[str, Executor]:
-        return dict(self._loaded)
 
-    def close(self) -> None:
-        for executor in list(self._loaded.values()):
-            executor.close()
-        self._loaded.clear()
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n else "unlimited"

@@ -26,12 +26,14 @@ class Sequence:
         self.follow_until = 0  # the leader's cache must hold this many tokens before this sequence copies them
         self.mark: tuple[int, list[int]] = (0, [])  # tokens/pending before the current step, to roll back
 
-    def begin(self, handle: JobHandle, sampler: SamplerChain) -> None:
+    def begin(self, handle: JobHandle, sampler: SamplerChain, early_sampler: SamplerChain | None = None) -> None:
+        """`early_sampler`, if given, samples until the job's `min_tokens` are out (it bans ending tokens)."""
         self.handle = handle
         self.sampler = sampler
+        self.early_sampler = early_sampler
         self.pending = []
         self.cached = 0
-        self.text = TextStream(handle.job.stop)
+        self.text = TextStream(handle.job.stop, handle.job.sampling.include_stop_str)
         self.next_token = None
         self.generated = 0
         self.started_at = time.monotonic()
@@ -45,8 +47,17 @@ class Sequence:
         lead = self.leader
         return lead is None or lead.handle is not self.leader_handle or len(lead.tokens) >= self.follow_until
 
+    def current_sampler(self) -> SamplerChain:
+        if self.early_sampler is not None and self.generated >= self.handle.job.sampling.min_tokens:
+            self.early_sampler.free()
+            self.early_sampler = None
+        return self.early_sampler or self.sampler
+
     def release(self, now: float) -> None:
         self.sampler.free()
+        if self.early_sampler is not None:
+            self.early_sampler.free()
+            self.early_sampler = None
         self.handle = None
         self.pending = []
         self.leader = self.leader_handle = None

@@ -129,6 +129,23 @@ class GGUFMetadata:
     def parameter_size(self) -> str:
         return format_parameter_size(self.parameter_count)
 
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        """F16 K and V for `n_ctx` cells over every layer: with the weights, what a loaded model costs, so the
+        pool can refuse or make room before loading rather than after."""
+        arch = self.architecture
+        n_layer = int(self.kv.get(f"{arch}.block_count", 0))
+        n_embd = int(self.kv.get(f"{arch}.embedding_length", 0))
+        n_head = _largest(self.kv.get(f"{arch}.attention.head_count", 1)) or 1
+        n_head_kv = _largest(self.kv.get(f"{arch}.attention.head_count_kv", n_head)) or n_head
+        key = int(self.kv.get(f"{arch}.attention.key_length", n_embd // n_head))
+        value = int(self.kv.get(f"{arch}.attention.value_length", n_embd // n_head))
+        return n_ctx * n_layer * n_head_kv * (key + value) * 2
+
+
+def _largest(value: Any) -> int:
+    """Per-layer arrays (some architectures vary head counts by layer) count at their largest."""
+    return int(max(value)) if isinstance(value, list) and value else int(value or 0)
+
 
 def format_parameter_size(count: int) -> str:
     """Ollama's short form ('135M', '1.2B'), because Ollama clients show it verbatim."""

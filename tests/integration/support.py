@@ -43,8 +43,10 @@ class GatewayServer:
     """`with GatewayServer(tmp_dir, config) as server:` runs the real gateway for the block's duration."""
 
     def __init__(self, work_dir: Path, config: dict[str, Any] | None = None, extra_args: list[str] | None = None,
-                 log_level: str = "warning", startup_timeout: float = STARTUP_TIMEOUT):
+                 log_level: str = "warning", startup_timeout: float = STARTUP_TIMEOUT,
+                 env: dict[str, str] | None = None):
         self.work_dir = Path(work_dir)
+        self.env = dict(env or {})
         self.config = dict(DEFAULT_CONFIG if config is None else config)
         self.extra_args = list(extra_args or [])
         self.log_level = log_level
@@ -73,6 +75,8 @@ class GatewayServer:
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", self.log_level, "--config", str(config_path), *self.extra_args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}  # only our settings count
+        env["OLLAMA_MODELS"] = str(self.work_dir / "ollama-models")  # never the user's own store
+        env.update(self.env)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)

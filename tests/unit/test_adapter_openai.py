@@ -301,7 +301,7 @@ def assert_invalid(parse: Any, body: Any, param: str | None) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering finished results
 
-LP = TokenLogprob("Hi", -0.1, [72, 105], top=[("Hi", -0.1, [72, 105]), ("Yo", -2.5, [89, 111])])
+LP = TokenLogprob("Hi", -0.1, [72, 105], top=[("Hi", -0.1, [72, 105], 5), ("Yo", -2.5, [89, 111], 6)], id=5)
 LP2 = TokenLogprob("!", -0.2, [33])
 USAGE = Usage(prompt_tokens=9, completion_tokens=2, cached_tokens=4)
 USAGE_JSON = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
@@ -387,20 +387,20 @@ def test_render_embedding(encoding: str) -> None:
 
 
 def test_render_models_lists_aliases() -> None:
-    models = ModelList([ModelInfo("a", 1, aliases=["x", "y"]), ModelInfo("b", 2)])
+    models = ModelList([ModelInfo("a", 1, aliases=["x", "y"], max_model_len=8192), ModelInfo("b", 2)])
     out = oa.render_models(models, InternalRequest(kind="list_models"), CTX)
     assert out == {"object": "list", "data": [
-        {"id": "a", "object": "model", "created": 1, "owned_by": "llm-gateway"},
-        {"id": "x", "object": "model", "created": 1, "owned_by": "llm-gateway"},
-        {"id": "y", "object": "model", "created": 1, "owned_by": "llm-gateway"},
-        {"id": "b", "object": "model", "created": 2, "owned_by": "llm-gateway"},
+        {"id": "a", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
+        {"id": "x", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
+        {"id": "y", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
+        {"id": "b", "object": "model", "created": 2, "owned_by": "llm-gateway", "max_model_len": 0},
     ]}
 
 
 def test_render_model_and_health() -> None:
     req = InternalRequest(kind="show_model", model="x")
     assert oa.render_model(ModelInfo("a", 5, aliases=["x"]), req, CTX) == {
-        "id": "x", "object": "model", "created": 5, "owned_by": "llm-gateway"}
+        "id": "x", "object": "model", "created": 5, "owned_by": "llm-gateway", "max_model_len": 0}
     health = oa.render_health(HealthResult("ok", ["a"]), InternalRequest(kind="health"), CTX)
     assert health == {"status": "ok", "models_loaded": ["a"]}
 

@@ -79,6 +79,8 @@ def test_embedded_can_be_left_out(models_dir: Path) -> None:
         ("claude-3-5-sonnet-latest", EMBEDDED_MODEL_NAME),
         ("alpha:latest", "alpha"),
         ("gpt-4o:latest", "main"),
+        ("Main", "main"),  # Ollama compares names case-insensitively
+        ("MAIN:latest", "main"),
     ],
 )
 def test_resolve(registry: ModelRegistry, requested: str, expected: str) -> None:
@@ -87,7 +89,7 @@ def test_resolve(registry: ModelRegistry, requested: str, expected: str) -> None
 
 @pytest.mark.parametrize(
     "requested",
-    ["nope", "", "Main", "alpha.gguf", "alpha:7b", "hidden", "notes", "broken", "nested/hidden"],
+    ["nope", "", "alpha.gguf", "alpha:7b", "hidden", "notes", "broken", "nested/hidden"],
 )
 def test_unknown_names_are_not_found(registry: ModelRegistry, requested: str) -> None:
     with pytest.raises(GatewayError) as info:

@@ -1,0 +1,84 @@
+"""Changes to the Ollama model store made through the API: copy, delete, create, pull.
+
+The store module knows the files; this one knows what else a change touches: names are resolved through the
+registry (so `ollama cp` works for models served from folders too), a deleted model is unloaded first, and the
+registry is reloaded afterwards so the next request sees the change. Only store models can be deleted: a GGUF
+folder or a config entry is the operator's, not the API's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from gateway.engine.pool import ModelPool
+from gateway.models.ollama_store import OllamaStore
+from gateway.models.registry import ModelRegistry
+from gateway.models.registry_client import RegistryClient
+from gateway.types import ErrorKind, GatewayError, ModelChange, Progress, invalid
+
+Report = Callable[[Progress], None]
+
+
+class ModelChanges:
+    def __init__(self, registry: ModelRegistry, pool: ModelPool, store_root: str | None,
+                 default_registry: str | None = None):
+        self.registry = registry
+        self.pool = pool
+        self.store = OllamaStore(Path(store_root)) if store_root else None
+        self.default_registry = default_registry
+
+    def run(self, change: ModelChange, report: Report, should_stop: Callable[[], bool]) -> None:
+        store = self.store
+        if store is None:
+            raise invalid("The Ollama model store is off (`ollama_models: off`), so models cannot be changed.",
+                          "model")
+        try:
+            if change.op == "copy":
+                self._copy(store, change)
+            elif change.op == "delete":
+                self._delete(store, change)
+            elif change.op == "create":
+                self._create(store, change, report)
+            else:
+                RegistryClient(store, self.default_registry).pull(change.name, change.insecure, report, should_stop)
+        finally:
+            self.registry.reload()
+        if change.op in ("copy", "delete"):
+            report(Progress("success"))
+
+    def _copy(self, store: OllamaStore, change: ModelChange) -> None:
+        if store.locate(change.source) is not None:
+            store.copy(change.source, change.name)
+            return
+        spec = self.registry.resolve(change.source)
+        store.create(change.name, spec.path, spec.template, spec.system, spec.parameters)
+
+    def _delete(self, store: OllamaStore, change: ModelChange) -> None:
+        if store.locate(change.name) is None:
+            try:
+                spec = self.registry.resolve(change.name)
+            except GatewayError:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"model '{change.name}' not found", "model") from None
+            raise invalid(f"The model `{spec.name}` is served from {spec.source} ({spec.path}), not from the Ollama "
+                          "store; remove it there.", "model")
+        spec = self.registry.resolve(change.name)
+        self.pool.unload(spec.name)
+        store.delete(change.name)
+
+    def _create(self, store: OllamaStore, change: ModelChange, report: Report) -> None:
+        """`from` is a GGUF file on the server's disk (an absolute path) or a model this server serves."""
+        source = change.source
+        template, system, parameters = change.template, change.system, dict(change.parameters)
+        if os.path.isabs(source):
+            if not os.path.isfile(source):
+                raise invalid(f"`from`: {source} is not a file on the server.", "from")
+            path = source
+        else:
+            spec = self.registry.resolve(source)
+            path = spec.path
+            template = template or spec.template
+            system = system if system is not None else spec.system
+            parameters = {**spec.parameters, **parameters}
+        store.create(change.name, path, template, system, parameters, report)

@@ -1,0 +1,394 @@
+"""Pulling models from an Ollama-compatible registry into the Ollama store (Ollama's `PullModel`).
+
+The protocol is OCI distribution v2: `GET /v2/<namespace>/<model>/manifests/<tag>`, then one
+`GET /v2/<namespace>/<model>/blobs/<digest>` per layer. Each blob streams into `blobs/sha256-<hex>-partial`,
+hashed on the way; an interrupted download resumes from the partial file with a `Range` header; a blob is
+renamed into place only after its size and sha256 matched; the manifest is written last, so the store never
+lists a model whose files are not all there. Progress statuses and error wording follow Ollama's, because
+Ollama clients print them. Standard library only; every socket operation has a timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from http.client import HTTPException, HTTPResponse
+from pathlib import Path
+from typing import Callable
+
+from gateway import __version__
+from gateway.models.ollama_store import (
+    MANIFEST_MEDIA_TYPE,
+    MODEL_MEDIA_TYPE,
+    ModelName,
+    OllamaStore,
+    ProgressCallback,
+    digest_hex,
+    parse_name,
+)
+from gateway.types import ErrorKind, GatewayError, Progress, invalid
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PROGRESS_BYTES = 64 << 20
+"""A layer's progress is reported every 1 % of it, or every 64 MiB when that comes first."""
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_ERROR_BODY = 500
+LOCK_POLL_SECONDS = 0.2
+
+_digest_locks: dict[str, threading.Lock] = {}
+_digest_locks_guard = threading.Lock()
+
+
+@dataclass
+class _RemoteLayer:
+    media_type: str
+    digest: str
+    size: int
+
+
+class RegistryClient:
+    """Pulls into one store. `default_registry` (e.g. "http://127.0.0.1:5000") serves names written without a
+    host; the model is still stored under the name the client wrote, so `smollm2` pulled from a mirror is
+    `smollm2:latest` afterwards. Without a scheme there, or for names with a host, https is used unless the pull
+    is `insecure` (Ollama's rule: insecure means plain http)."""
+
+    def __init__(self, store: OllamaStore, default_registry: str | None = None, timeout: float = 30.0):
+        self.store = store
+        self.default_registry = default_registry.rstrip("/") if default_registry else None
+        self.timeout = timeout
+
+    def pull(
+        self,
+        name: str,
+        insecure: bool = False,
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Pull `name`, reporting Ollama's progress statuses; `should_stop()` is polled between chunks and a true
+        answer abandons the pull (a partial blob stays for the next try to resume)."""
+        ref = parse_name(name)
+        if ref is None:
+            raise invalid("invalid model name", "model")
+        ref = self.store.existing_name(ref)
+        session = _Session(self._base_url(ref, insecure), ref, self.timeout, should_stop or _never)
+        report = on_progress or _ignore
+        previous = self.store.manifest_digests(ref)
+        report(Progress(status="pulling manifest"))
+        data = session.fetch_manifest()
+        layers = _parse_manifest(data, ref)
+        for layer in _unique(layers):
+            self._fetch_blob(session, layer, report)
+        report(Progress(status="verifying sha256 digest"))
+        session.check_stop()
+        report(Progress(status="writing manifest"))
+        self.store.write_manifest(ref, data)
+        unused = previous - {layer.digest for layer in layers}
+        if unused:
+            report(Progress(status="removing unused layers"))
+            self.store.remove_unused_blobs(unused)
+        report(Progress(status="success"))
+
+    def _base_url(self, ref: ModelName, insecure: bool) -> str:
+        if ref.scheme == "http" and not insecure:
+            raise invalid("insecure protocol http", "insecure")
+        scheme = "http" if insecure else "https"
+        if ref.host_given or self.default_registry is None:
+            return f"{scheme}://{ref.host}"
+        if "://" in self.default_registry:
+            return self.default_registry
+        return f"{scheme}://{self.default_registry}"
+
+    def _fetch_blob(self, session: _Session, layer: _RemoteLayer, report: ProgressCallback) -> None:
+        """Download one blob unless the store has it; one download per digest at a time in this process, so two
+        clients pulling the same model do not write into the same partial file."""
+        blob = self.store.blob_path(layer.digest)
+        lock = _lock_for(layer.digest)
+        while not lock.acquire(timeout=LOCK_POLL_SECONDS):
+            session.check_stop()
+        try:
+            if blob.is_file():
+                size = blob.stat().st_size
+                report(_layer_progress(layer, size, size))
+                return
+            _Download(session, layer, blob, report).run()
+        except OSError as err:  # the store's disk, not the network: full, read-only, permissions
+            raise GatewayError(ErrorKind.INTERNAL, f"pull {layer.digest}: {err}") from None
+        finally:
+            lock.release()
+
+
+class _Session:
+    """One pull's HTTP conversation with one registry repository, holding the bearer token once it has one."""
+
+    def __init__(self, base_url: str, ref: ModelName, timeout: float, should_stop: Callable[[], bool]):
+        self.base_url = base_url
+        self.ref = ref
+        self.timeout = timeout
+        self.should_stop = should_stop
+        self.token: str | None = None
+        self.opener = urllib.request.build_opener()
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise GatewayError(ErrorKind.INTERNAL, "The pull was cancelled.")
+
+    def fetch_manifest(self) -> bytes:
+        url = f"{self.base_url}/v2/{self.ref.repository}/manifests/{urllib.parse.quote(self.ref.tag)}"
+        what = "pull model manifest"
+        with self.open(url, {"Accept": MANIFEST_MEDIA_TYPE}, what) as response:
+            try:
+                data = response.read(MAX_MANIFEST_BYTES + 1)
+            except (OSError, HTTPException) as err:
+                raise _network_error(what, err) from None
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise GatewayError(ErrorKind.INTERNAL, "pull model manifest: the manifest is larger than 4 MiB")
+        return data
+
+    def open_blob(self, digest: str, offset: int) -> HTTPResponse:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        return self.open(f"{self.base_url}/v2/{self.ref.repository}/blobs/{digest}", headers, f"pull {digest}")
+
+    def open(self, url: str, headers: dict[str, str], what: str, authenticate: bool = True) -> HTTPResponse:
+        """GET `url`; a 401 with a Bearer challenge is answered once with an anonymous token, as Ollama does.
+        Failures become GatewayErrors whose message starts with `what`."""
+        try:
+            return self.opener.open(self._request(url, headers), timeout=self.timeout)
+        except urllib.error.HTTPError as err:
+            body = _error_body(err)
+            if err.code == 401 and authenticate:
+                self.token = self._token(err.headers.get("WWW-Authenticate", ""), what)
+                return self.open(url, headers, what, authenticate=False)
+            raise _status_error(what, err.code, body) from None
+        except (urllib.error.URLError, OSError) as err:
+            raise _network_error(what, err) from None
+
+    def _request(self, url: str, headers: dict[str, str]) -> urllib.request.Request:
+        request = urllib.request.Request(url, headers={**headers, "User-Agent": f"llm-gateway/{__version__}"})
+        if self.token:
+            # Unredirected: blob downloads are redirected to storage hosts that must not see the token.
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        return request
+
+    def _token(self, challenge: str, what: str) -> str:
+        """An anonymous token from the challenge's realm (`Bearer realm="…",service="…",scope="…"`). The realm
+        must be on the registry's own host, Ollama's guard against being sent elsewhere."""
+        scheme, _, params = challenge.partition(" ")
+        values = _challenge_values(params)
+        realm = values.get("realm", "")
+        if scheme.lower() != "bearer" or not realm:
+            raise GatewayError(ErrorKind.INTERNAL, f"{what}: unauthorized: the registry asks for credentials")
+        realm_url = urllib.parse.urlsplit(realm)
+        registry_host = urllib.parse.urlsplit(self.base_url).netloc
+        if realm_url.netloc != registry_host:
+            raise GatewayError(ErrorKind.INTERNAL, f'{what}: realm host "{realm_url.netloc}" does not match '
+                                                   f'original host "{registry_host}"')
+        query = [(k, v) for k in ("service", "scope") for v in values.get(k, "").split(" ") if v]
+        separator = "&" if realm_url.query else "?"
+        url = realm + (separator + urllib.parse.urlencode(query) if query else "")
+        try:
+            with self.opener.open(urllib.request.Request(url), timeout=self.timeout) as response:
+                doc = json.loads(response.read(MAX_MANIFEST_BYTES))
+        except urllib.error.HTTPError as err:
+            raise _status_error(f"{what}: token", err.code, _error_body(err)) from None
+        except (urllib.error.URLError, OSError, HTTPException, ValueError) as err:
+            raise _network_error(f"{what}: token", err) from None
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise GatewayError(ErrorKind.INTERNAL, f"{what}: the token endpoint returned no token")
+        return token
+
+
+class _Download:
+    """One blob into `<blob>-partial`: resume what is there, hash everything, rename only a verified file."""
+
+    def __init__(self, session: _Session, layer: _RemoteLayer, blob: Path, report: ProgressCallback):
+        self.session = session
+        self.layer = layer
+        self.blob = blob
+        self.partial = blob.with_name(blob.name + "-partial")
+        self.report = report
+        self.hasher = hashlib.sha256()
+        self.completed = 0
+        self.reported = -1
+        self.step = max(1, min(layer.size // 100, PROGRESS_BYTES))
+
+    def run(self) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._hash_partial()
+        self.partial.touch()
+        self._progress(force=True)
+        if self.completed < self.layer.size:
+            self._receive()
+        self._verify()
+        self.partial.replace(self.blob)
+
+    def _hash_partial(self) -> None:
+        """Take over what an earlier, interrupted pull left; a partial longer than the blob is garbage."""
+        if not self.partial.is_file():
+            return
+        if self.partial.stat().st_size > self.layer.size:
+            self.partial.unlink()
+            return
+        with open(self.partial, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                self.hasher.update(chunk)
+                self.completed += len(chunk)
+
+    def _receive(self) -> None:
+        offset = self.completed
+        with self.session.open_blob(self.layer.digest, offset) as response:
+            if offset and not (response.status == 206 and _range_starts_at(response, offset)):
+                self._restart()
+            self._copy(response)
+        if self.completed < self.layer.size:
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"pull {self.layer.digest}: the connection closed after "
+                                                      f"{self.completed} of {self.layer.size} bytes")
+
+    def _copy(self, response: HTTPResponse) -> None:
+        with open(self.partial, "ab") as out:
+            while self.completed < self.layer.size:
+                self.session.check_stop()
+                chunk = self._read(response)
+                if not chunk:
+                    return
+                out.write(chunk)
+                self.hasher.update(chunk)
+                self.completed += len(chunk)
+                self._progress()
+
+    def _read(self, response: HTTPResponse) -> bytes:
+        try:
+            return response.read(min(CHUNK, self.layer.size - self.completed))
+        except (OSError, HTTPException) as err:
+            raise _network_error(f"pull {self.layer.digest}", err) from None
+
+    def _restart(self) -> None:
+        """The server sent the whole blob (no Range support): drop the partial and take it from the start."""
+        self.partial.unlink(missing_ok=True)
+        self.hasher = hashlib.sha256()
+        self.completed = 0
+
+    def _verify(self) -> None:
+        got = f"sha256:{self.hasher.hexdigest()}"
+        if got != f"sha256:{digest_hex(self.layer.digest)}":
+            self.partial.unlink(missing_ok=True)
+            raise GatewayError(ErrorKind.INTERNAL, f"digest mismatch, file must be downloaded again: want "
+                                                   f"{self.layer.digest}, got {got}")
+
+    def _progress(self, force: bool = False) -> None:
+        due = force or self.completed >= self.layer.size or self.completed - self.reported >= self.step
+        if due and self.completed != self.reported:
+            self.report(_layer_progress(self.layer, self.layer.size, self.completed))
+            self.reported = self.completed
+
+
+def _parse_manifest(data: bytes, ref: ModelName) -> list[_RemoteLayer]:
+    """The layers and config a pulled manifest names, checked before any byte is downloaded: digests must be
+    sha256 (they become file names) and a GGUF model layer must be there, or the pull would be useless."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise GatewayError(ErrorKind.INTERNAL, "pull model manifest: the registry sent invalid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
+        raise GatewayError(ErrorKind.INTERNAL, "pull model manifest: the registry sent no image manifest")
+    items = list(doc["layers"])
+    if isinstance(doc.get("config"), dict) and doc["config"].get("digest"):
+        items.append(doc["config"])
+    layers = [_remote_layer(item) for item in items]
+    if not any(layer.media_type == MODEL_MEDIA_TYPE for layer in layers):
+        raise invalid(f"{ref.display} has no GGUF model layer ({MODEL_MEDIA_TYPE}); only GGUF models can be "
+                      "pulled", "model")
+    return layers
+
+
+def _remote_layer(item: object) -> _RemoteLayer:
+    if not isinstance(item, dict):
+        raise GatewayError(ErrorKind.INTERNAL, "pull model manifest: a layer is not an object")
+    digest, size, media_type = item.get("digest"), item.get("size"), item.get("mediaType", "")
+    try:
+        digest_hex(digest)
+    except ValueError:
+        raise GatewayError(ErrorKind.INTERNAL, f"pull model manifest: invalid digest format: {digest!r}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise GatewayError(ErrorKind.INTERNAL, f"pull model manifest: layer {digest} has no valid size")
+    return _RemoteLayer(str(media_type), digest, size)
+
+
+def _unique(layers: list[_RemoteLayer]) -> list[_RemoteLayer]:
+    seen: dict[str, _RemoteLayer] = {}
+    for layer in layers:
+        seen.setdefault(layer.digest, layer)
+    return list(seen.values())
+
+
+def _layer_progress(layer: _RemoteLayer, total: int, completed: int) -> Progress:
+    """Ollama's per-layer line: `pulling <first 12 hex digits>` with the digest and byte counts."""
+    return Progress(status=f"pulling {digest_hex(layer.digest)[:12]}", digest=layer.digest, total=total,
+                    completed=completed)
+
+
+def _range_starts_at(response: HTTPResponse, offset: int) -> bool:
+    return response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+
+
+def _challenge_values(params: str) -> dict[str, str]:
+    """`realm="a",service="b",scope="c d"` → dict; commas inside quoted values are kept."""
+    values: dict[str, str] = {}
+    rest = params.strip()
+    while rest:
+        key, sep, rest = rest.partition("=")
+        if not sep:
+            break
+        if rest.startswith('"'):
+            value, _, rest = rest[1:].partition('"')
+        else:
+            value, _, rest = rest.partition(",")
+        values[key.strip().lower()] = value
+        rest = rest.lstrip(", ")
+    return values
+
+
+def _status_error(what: str, status: int, body: str) -> GatewayError:
+    """Ollama's wording: a 404 is `file does not exist`, anything else `<status>: <body>`."""
+    if status == 404:
+        return GatewayError(ErrorKind.NOT_FOUND, f"{what}: file does not exist", param="model")
+    if status == 401:
+        return GatewayError(ErrorKind.INTERNAL, f"{what}: unauthorized: access denied")
+    kind = ErrorKind.UNAVAILABLE if status >= 500 or status == 429 else ErrorKind.INTERNAL
+    return GatewayError(kind, f"{what}: {status}" + (f": {body}" if body else ""))
+
+
+def _network_error(what: str, err: Exception) -> GatewayError:
+    """A connection that failed, timed out or broke off: the registry is unavailable, not the request wrong."""
+    reason = getattr(err, "reason", None) or err or type(err).__name__
+    return GatewayError(ErrorKind.UNAVAILABLE, f"{what}: {reason}")
+
+
+def _error_body(err: urllib.error.HTTPError) -> str:
+    try:
+        return err.read(MAX_ERROR_BODY).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        err.close()
+
+
+def _lock_for(digest: str) -> threading.Lock:
+    with _digest_locks_guard:
+        return _digest_locks.setdefault(digest_hex(digest), threading.Lock())
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(_: Progress) -> None:
+    """The progress callback when the caller does not want progress."""

@@ -1,0 +1,155 @@
+"""The model pool's policy (leases, keep_alive, LRU, limits, budget) with stand-in executors: the policy is
+plain bookkeeping, and real loads are covered by the integration tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gateway.engine.executor import ExecutorSettings
+from gateway.engine.pool import ModelPool, PoolSettings
+from gateway.models.registry import ModelSpec
+from gateway.types import ErrorKind, GatewayError
+
+
+class FakeExecutor:
+    def __init__(self, name: str):
+        self.name = name
+        self.n_ctx = 2048
+        self.parallel = 1
+        self.n_threads = 1
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class Loads:
+    def __init__(self):
+        self.executors: list[FakeExecutor] = []
+
+    def __call__(self, spec: ModelSpec, settings: ExecutorSettings) -> FakeExecutor:
+        executor = FakeExecutor(spec.name)
+        executor.settings = settings
+        self.executors.append(executor)
+        return executor
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.executors]
+
+
+def spec(name: str, **kwargs) -> ModelSpec:
+    return ModelSpec(name=name, path=f"/models/{name}.gguf", **kwargs)
+
+
+def make_pool(sizes: dict[str, int] | None = None, **settings) -> tuple[ModelPool, Loads]:
+    loads = Loads()
+    pool = ModelPool(ExecutorSettings(), PoolSettings(**settings), load_fn=loads,
+                     estimate_fn=lambda s, _: (sizes or {}).get(s.name, 100))
+    return pool, loads
+
+
+def test_one_load_per_model_and_leases_share_it():
+    pool, loads = make_pool()
+    first, second = pool.acquire(spec("a")), pool.acquire(spec("a"))
+    assert first.executor is second.executor and loads.names() == ["a"]
+    assert first.load_seconds >= 0 and second.load_seconds == 0.0
+
+
+def test_keep_alive_zero_unloads_when_the_last_request_ends():
+    pool, loads = make_pool()
+    first, second = pool.acquire(spec("a")), pool.acquire(spec("a"))
+    first.release(0)
+    assert "a" in pool.loaded()  # still serving the second request
+    second.release()
+    assert "a" not in pool.loaded() and loads.executors[0].closed.is_set()
+
+
+def test_idle_models_expire_after_their_keep_alive():
+    pool, loads = make_pool(keep_alive=0.2)
+    pool.acquire(spec("a")).release()
+    assert "a" in pool.loaded()
+    assert loads.executors[0].closed.wait(3)
+    assert "a" not in pool.loaded()
+
+
+def test_negative_keep_alive_keeps_a_model_forever():
+    pool, _ = make_pool(keep_alive=0.1)
+    pool.acquire(spec("a")).release(-1)
+    time.sleep(0.4)
+    assert "a" in pool.loaded()
+    assert pool.running()[0].expires_at_epoch() is None
+
+
+def test_least_recently_used_idle_model_leaves_at_the_model_limit():
+    pool, loads = make_pool(max_loaded_models=2)
+    pool.acquire(spec("a")).release()
+    pool.acquire(spec("b")).release()
+    pool.acquire(spec("a")).release()  # b is now the least recently used
+    pool.acquire(spec("c")).release()
+    assert sorted(pool.loaded()) == ["a", "c"]
+    assert loads.executors[1].closed.is_set()
+
+
+def test_memory_budget_evicts_until_the_new_model_fits():
+    pool, _ = make_pool({"a": 400, "b": 400, "c": 500}, max_loaded_models=0, memory_budget=1000)
+    pool.acquire(spec("a")).release()
+    pool.acquire(spec("b")).release()
+    pool.acquire(spec("c")).release()
+    assert sorted(pool.loaded()) == ["b", "c"]
+
+
+def test_a_model_larger_than_the_budget_is_refused_before_loading():
+    pool, loads = make_pool({"big": 5000}, memory_budget=1000)
+    with pytest.raises(GatewayError) as info:
+        pool.acquire(spec("big"))
+    assert info.value.kind == ErrorKind.UNAVAILABLE and "budget" in info.value.message
+    assert loads.executors == []
+
+
+def test_busy_models_are_never_unloaded_and_a_load_waits_for_room():
+    pool, _ = make_pool(max_loaded_models=1)
+    busy = pool.acquire(spec("a"))
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(spec("b"))))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got and list(pool.loaded()) == ["a"]
+    busy.release()
+    waiter.join(5)
+    assert got and list(pool.loaded()) == ["b"]
+
+
+def test_a_load_that_cannot_get_room_times_out_as_unavailable():
+    pool, _ = make_pool(max_loaded_models=1, load_timeout=0.3)
+    pool.acquire(spec("a"))
+    with pytest.raises(GatewayError) as info:
+        pool.acquire(spec("b"))
+    assert info.value.kind == ErrorKind.UNAVAILABLE
+
+
+def test_pinned_models_never_expire_or_leave():
+    pool, _ = make_pool(keep_alive=0.1, max_loaded_models=1, load_timeout=0.3, pinned={"a"})
+    pool.acquire(spec("a")).release(0)
+    time.sleep(0.3)
+    assert "a" in pool.loaded()
+    with pytest.raises(GatewayError):
+        pool.acquire(spec("b"))
+
+
+def test_unload_waits_for_running_requests():
+    pool, loads = make_pool()
+    lease = pool.acquire(spec("a"))
+    assert pool.unload("a") is True
+    assert "a" in pool.loaded()
+    lease.release()
+    assert "a" not in pool.loaded() and loads.executors[0].closed.is_set()
+    assert pool.unload("a") is False
+
+
+def test_load_options_apply_only_to_the_load():
+    pool, loads = make_pool()
+    pool.acquire(spec("a"), {"n_threads": 3, "n_gpu_layers": 0}).release()
+    assert loads.executors[0].settings.n_threads == 3
