@@ -117,6 +117,7 @@ def parse_chat(body: Any, ctx: RequestContext) -> InternalRequest:
         constraint=parse_response_format(body.get("response_format")),
     )
     _parse_stream_fields(body, req)
+    _vllm_extras(body, req)
     return req
 
 
@@ -138,7 +139,16 @@ def parse_completion(body: Any, ctx: RequestContext) -> InternalRequest:
     )
     _parse_stream_fields(body, req)
     _reject_best_of(body, req.n)
+    _vllm_extras(body, req)
     return req
+
+
+def _vllm_extras(body: dict[str, Any], req: InternalRequest) -> None:
+    """vLLM clients send their extra sampling fields on these same endpoints. The import is late because the
+    vLLM adapter builds on this module's parsers."""
+    from adapters import vllm
+
+    vllm.apply_extras(body, req)
 
 
 def parse_embedding(body: Any, ctx: RequestContext) -> InternalRequest:
@@ -433,8 +443,9 @@ def parse_response_format(value: Any) -> Constraint | None:
     kind = get_typed(value, "type", str, "a string", required=True, prefix="response_format.")
     if kind == "text":
         return None
-    if kind == "json_object":
-        return Constraint("json")
+    if kind == "json_object":  # huggingface_hub rewrites json_schema to TGI's {"type": "json_object", "value"}
+        schema = get_typed(value, "value", dict, "an object", prefix="response_format.")
+        return Constraint("json_schema", schema) if schema else Constraint("json")
     if kind == "json_schema":
         return _parse_json_schema(value)
     raise invalid("Invalid value for `response_format.type`: expected 'text', 'json_object' or 'json_schema', "

@@ -90,6 +90,7 @@ class KeepAlive:
 
 
 KEEPALIVE = KeepAlive()
+PLACEHOLDER_MODELS = ("dummy", "tgi")
 PROBE_SECONDS = 0.5  # how often a request checks that its client is still connected
 
 ClientGone = Callable[[], bool]
@@ -135,7 +136,16 @@ class Service:
         self.changes = changes or ModelChanges(registry, pool, None)
 
     def resolve(self, name: str) -> ModelSpec:
-        return self.registry.resolve(name) if name else self.registry.default()
+        """An empty name (TGI, vLLM's optional `model`) is the default model, and so are the placeholders
+        huggingface_hub sends to a server given by URL (TGI ignores the model), unless a model is named so."""
+        if not name:
+            return self.registry.default()
+        try:
+            return self.registry.resolve(name)
+        except GatewayError:
+            if name in PLACEHOLDER_MODELS:
+                return self.registry.default()
+            raise
 
     # -- queries ---------------------------------------------------------------------------------------------
 
@@ -234,12 +244,14 @@ class Service:
         try:
             prepared = self.prompts.prepare(req, spec, lease.executor)
             sampling = with_model_defaults(req.sampling, spec)
+            # vLLM echoes a chat's last message, not the rendered template
+            echo_text = (req.messages[-1].content or "") if req.kind == "chat" and req.messages else ""
             for p_index, prompt in enumerate(prepared.prompts):
                 for j in range(req.n):
                     job = self._job(req, sampling, prompt.tokens, prepared.window, j)
                     index = p_index * req.n + j
                     gen.handles.append(lease.executor.submit(job, sink, tag=index))
-                    gen.choices.append(_Choice(index, prompt.text, count_prompt=(j == 0)))
+                    gen.choices.append(_Choice(index, echo_text or prompt.text, count_prompt=(j == 0)))
         except BaseException:
             gen.close()
             raise
