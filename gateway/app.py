@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from adapters import ollama, openai, tgi, vllm
+from adapters import claude, ollama, openai, tgi, vllm
 from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.pool import ModelPool, PoolSettings
@@ -23,7 +23,7 @@ from gateway.service import Service
 
 log = logging.getLogger("gateway")
 
-ROUTES = [*openai.ROUTES, *ollama.ROUTES, *tgi.ROUTES, *vllm.ROUTES]
+ROUTES = [*openai.ROUTES, *claude.ROUTES, *ollama.ROUTES, *tgi.ROUTES, *vllm.ROUTES]
 """Every family's routes; where two share a path and method, the one with `accepts` is tried first."""
 
 

@@ -35,6 +35,7 @@ from gateway.types import (
     ModelList,
     OutputEvent,
     Progress,
+    PromptStarted,
     Result,
     RunningList,
     RunningModel,
@@ -267,8 +268,9 @@ class Service:
                 f"This model's maximum context length is {window} tokens. However, your prompt has {len(tokens)} "
                 f"tokens. Please reduce the length of the prompt.", "messages")
         max_tokens = sampling.max_tokens
-        if max_tokens is None or (req.truncate == "drop_turns" and max_tokens > room):
-            max_tokens = room  # Ollama's num_predict is a cap, never a reason to refuse
+        clip = req.clip_max_tokens or req.truncate == "drop_turns"
+        if max_tokens is None or (clip and max_tokens > room):
+            max_tokens = room  # Ollama's num_predict and Anthropic's max_tokens are caps, never reasons to refuse
         logprobs = sampling.top_logprobs if sampling.logprobs else None
         return GenerationJob(prompt=tokens, sampling=sampling, max_tokens=max_tokens, stop=sampling.stop,
                              logprobs=logprobs)
@@ -303,6 +305,8 @@ class Service:
             elif isinstance(event, Prefilled):
                 continue
             elif isinstance(event, Started):
+                if by_index[index].count_prompt:
+                    yield PromptStarted(index, event.prompt_tokens, event.cached_tokens)
                 if gen.echo:
                     yield TextDelta(index, by_index[index].prompt_text)
             elif isinstance(event, Finished):

@@ -210,6 +210,7 @@ class InternalRequest:
     num_ctx: int | None = None  # cap this request's window (prompt + output) at this many tokens; never reloads
     truncate: Literal["error", "drop_turns"] = "error"  # a chat too long: refuse, or drop oldest turns (Ollama)
     truncate_tokens: int | None = None  # keep only the last N prompt tokens (TGI `truncate`, vLLM)
+    clip_max_tokens: bool = False  # a max_tokens beyond the window is cut to fit, not refused (Anthropic)
     load_options: dict[str, int] = field(default_factory=dict)  # n_threads, n_gpu_layers: used if this loads
     change: ModelChange | None = None
     render: dict[str, Any] = field(default_factory=dict)
@@ -257,6 +258,16 @@ class Timings:
     prompt: float = 0.0
     generation: float = 0.0
     total: float = 0.0
+
+
+@dataclass
+class PromptStarted:
+    """The engine took choice `index`'s prompt: its size and the prefix reused from the KV cache. Comes before
+    that choice's text; families whose stream opens with usage (Anthropic's message_start) wait for it."""
+
+    index: int
+    prompt_tokens: int
+    cached_tokens: int
 
 
 @dataclass
@@ -425,5 +436,5 @@ class Progress:
 Result = Union[GenerationResult, EmbeddingResult, ModelList, ModelInfo, HealthResult, RunningList, VersionResult,
                TokenizeResult, DetokenizeResult, LoadResult, Progress]
 
-OutputEvent = Union[TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done, Progress]
+OutputEvent = Union[PromptStarted, TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done, Progress]
 """What a stream renderer is fed: generation events, or a model change's progress."""
