@@ -14,7 +14,7 @@ from tests.integration.support import DEFAULT_CONFIG, MODEL, N_CTX, GatewayServe
 
 pytestmark = pytest.mark.integration
 
-CLAUDE = "claude-sonnet-4-5"
+CLAUDE = "claude-opus-4-6"
 QUESTION = [{"role": "user", "content": "Name three colors."}]
 GREEDY = {"temperature": 0}  # newer SDKs no longer type `temperature`; older ones and agents still send it
 
