@@ -49,6 +49,7 @@ from adapters.ollama_models import (
     render_show,
     render_tags,
 )
+from adapters.openai import parse_tools
 from gateway.types import (
     MODEL_PARAMETERS,
     ChoiceDone,
@@ -70,7 +71,6 @@ from gateway.types import (
     ThinkingDelta,
     Timings,
     TokenLogprob,
-    Tool,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -321,29 +321,6 @@ def _parse_tool_call(call: Any, name: str) -> ToolCall:
         id=get_typed(call, "id", str, "a string", default="", prefix=name + "."),
         name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
         arguments=arguments if isinstance(arguments, str) else compact_json(arguments),
-    )
-
-
-def parse_tools(value: Any) -> list[Tool]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `tools`: expected an array, got {type_name(value)}.", "tools")
-    return [_parse_tool(tool, f"tools[{i}]") for i, tool in enumerate(value)]
-
-
-def _parse_tool(tool: Any, name: str) -> Tool:
-    if not isinstance(tool, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
-    kind = get_typed(tool, "type", str, "a string", default="function", prefix=name + ".")
-    if kind != "function":
-        raise invalid(f"Invalid value for `{name}.type`: expected 'function', got {kind!r}.", name + ".type")
-    function = get_typed(tool, "function", dict, "an object", required=True, prefix=name + ".")
-    prefix = name + ".function."
-    return Tool(
-        name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
-        description=get_typed(function, "description", str, "a string", default="", prefix=prefix),
-        parameters=get_typed(function, "parameters", dict, "an object", default={}, prefix=prefix),
     )
 
 
