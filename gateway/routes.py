@@ -131,7 +131,8 @@ def request_id() -> str:
 
 
 def _add_request_id(response: Response) -> Response:
-    response.headers["X-Request-Id"] = request_id()
+    """`X-Request-Id` for everyone, and `request-id`, the header the Anthropic SDK reads into `_request_id`."""
+    response.headers["X-Request-Id"] = response.headers["request-id"] = request_id()
     return response
 
 

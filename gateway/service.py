@@ -207,8 +207,9 @@ class Service:
             model = executor.model
             inputs = [p if isinstance(p, list) else model.tokenize(p, model.add_bos, False) for p in req.prompts]
             check_token_ids(inputs, model.n_vocab, "input")
-            if req.truncate_tokens:
-                inputs = [tokens[: req.truncate_tokens] for tokens in inputs]
+            keep = req.truncate_tokens or (executor.embedding_window if req.truncate == "drop_turns" else None)
+            if keep:  # TGI/vLLM: a given length; Ollama's `truncate`: the window (the input's start is kept)
+                inputs = [tokens[:keep] for tokens in inputs]
             vectors = executor.embed(inputs)
         finally:
             lease.release(req.keep_alive)

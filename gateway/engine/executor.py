@@ -52,6 +52,7 @@ class Executor:
         self.n_threads = settings.n_threads or physical_cores()
         self.n_batch = max(settings.n_batch, self.parallel)
         self.defaults = SamplingDefaults()
+        self.embedding_window = min(self.model.n_ctx_train or 2048, 2048)  # tokens one embedding input may have
         self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -378,24 +379,23 @@ class Executor:
 
     def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
         if self._embed_ctx is None:
-            n_ctx = min(self.model.n_ctx_train or 2048, 2048)
+            n_ctx = self.embedding_window
             pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             declared = self.model.meta(f"{self.model.meta('general.architecture')}.pooling_type")
             if declared and declared.isdigit() and int(declared) > 0:
                 pooling = int(declared)
             self._embed_ctx = new_context(self.model, n_ctx, n_ctx, 1, self.n_threads, embeddings=True,
                                           pooling=pooling)
-            self._embed_n_ctx = n_ctx
             self._embed_batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         return [self._embed_one(tokens) for tokens in inputs]
 
     def _embed_one(self, tokens: list[int]) -> list[float]:
         if not tokens:
             raise GatewayError(ErrorKind.INVALID_REQUEST, "An input is empty after tokenization.", "input")
-        if len(tokens) > self._embed_n_ctx:
+        if len(tokens) > self.embedding_window:
             raise GatewayError(ErrorKind.CONTEXT_OVERFLOW,
                                f"An input has {len(tokens)} tokens; the embedding context holds "
-                               f"{self._embed_n_ctx}.", "input")
+                               f"{self.embedding_window}.", "input")
         ctx, batch = self._embed_ctx, self._embed_batch
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         for i, token in enumerate(tokens):

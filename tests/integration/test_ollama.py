@@ -237,3 +237,12 @@ def test_pull_from_a_real_registry_with_progress(client: ollama.Client, tmp_path
     assert out.eval_count <= 3  # the params layer became the model's defaults
     assert "You are tiny." in client.show(name).modelfile
     client.delete(name)
+
+
+def test_embed_truncates_long_input_unless_told_not_to(client: ollama.Client) -> None:
+    long_text = "colors " * 3000
+    out = client.embed(MODEL, input=long_text)
+    assert len(out.embeddings) == 1 and out.prompt_eval_count <= 2048
+    with pytest.raises(ollama.ResponseError) as info:
+        client.embed(MODEL, input=long_text, truncate=False)
+    assert info.value.status_code == 400
