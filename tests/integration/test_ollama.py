@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from gateway.models.embedded import embedded_model_path
+from gateway.models.ollama_store import OllamaStore
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 from tests.registry_fixture import NOT_INSTALLED, DockerRegistry, docker_registry_binary, push_ollama_model
 
@@ -246,3 +247,18 @@ def test_embed_truncates_long_input_unless_told_not_to(client: ollama.Client) ->
     with pytest.raises(ollama.ResponseError) as info:
         client.embed(MODEL, input=long_text, truncate=False)
     assert info.value.status_code == 400
+
+
+def test_models_already_in_an_ollama_store_are_served(tmp_path_factory) -> None:
+    """A store laid out by Ollama (manifests + blobs) is discovered at start; its system and params layers
+    become the model's defaults."""
+    store_dir = tmp_path_factory.mktemp("store")
+    OllamaStore(store_dir).create("library-model:q4", embedded_model_path(), system="You are from the store.",
+                                  parameters={"num_predict": 2})
+    with GatewayServer(tmp_path_factory.mktemp("gateway-store"), DEFAULT_CONFIG,
+                       env={"OLLAMA_MODELS": str(store_dir)}) as gw:
+        client = ollama.Client(host=gw.url, timeout=60)
+        assert "library-model:q4" in [m.model for m in client.list().models]
+        out = client.generate("library-model:q4", prompt="Hello")
+        assert out.eval_count <= 2
+        assert "You are from the store." in client.show("library-model:q4").modelfile
