@@ -302,7 +302,8 @@ class Service:
                 continue
             quiet_since = now
             if isinstance(event, Piece):
-                yield TextDelta(index, event.text, event.logprobs)
+                if event.text or event.logprobs:
+                    yield TextDelta(index, event.text, event.logprobs)
             elif isinstance(event, Prefilled):
                 continue
             elif isinstance(event, Started):

@@ -328,8 +328,7 @@ class Executor:
         if not sampling.skip_special_tokens:
             piece = self.model.control.get(token, piece)
         text = slot.text.push(piece)
-        if text or logprobs:
-            slot.handle.emit(Piece(text, logprobs))
+        slot.handle.emit(Piece(text, logprobs))  # one per token, even with text held back: progress counts them
         if slot.text.matched_stop is not None:
             self._finish(slot, "stop")
         elif slot.generated >= job.max_tokens or len(slot.tokens) >= self.n_ctx:

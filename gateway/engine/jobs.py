@@ -41,7 +41,8 @@ class Prefilled:
 
 @dataclass
 class Piece:
-    """Final text for one or more sampled tokens (text may be empty while a stop string or UTF-8 is held back)."""
+    """One sampled token and the text it made final (empty while a stop string or UTF-8 is held back; the
+    tail held back is released by a last Piece at the end)."""
 
     text: str
     logprobs: list[TokenLogprob] | None = None
