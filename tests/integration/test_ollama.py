@@ -3,6 +3,7 @@ where the client hides the framing (NDJSON, durations, the `/` banner)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -262,3 +263,34 @@ def test_models_already_in_an_ollama_store_are_served(tmp_path_factory) -> None:
         out = client.generate("library-model:q4", prompt="Hello")
         assert out.eval_count <= 2
         assert "You are from the store." in client.show("library-model:q4").modelfile
+
+
+def test_pull_resumes_a_partial_blob_and_refuses_wrong_bytes(client: ollama.Client, server: GatewayServer,
+                                                             tmp_path_factory) -> None:
+    """A partial download left in the store is resumed with a Range request; a partial holding wrong bytes
+    fails the digest check and leaves nothing behind: no blob, no partial, no manifest."""
+    binary = docker_registry_binary()
+    if binary is None:
+        pytest.skip(NOT_INSTALLED)
+    gguf = Path(embedded_model_path())
+    data = gguf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = server.work_dir / "ollama-models" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial, blob = blobs / f"sha256-{digest}-partial", blobs / f"sha256-{digest}"
+    with DockerRegistry(tmp_path_factory.mktemp("registry-resume"), binary) as registry:
+        push_ollama_model(registry.url, "library/resume:v1", gguf)
+        name = f"{registry.host}/library/resume:v1"
+        half = len(data) // 2
+        partial.write_bytes(data[:half])
+        progress = [p for p in client.pull(name, insecure=True, stream=True) if p.digest == f"sha256:{digest}"]
+        assert progress and min(p.completed or 0 for p in progress) >= half  # resumed, not restarted
+        assert blob.exists() and not partial.exists()
+        client.delete(name)
+        assert not blob.exists()
+        partial.write_bytes(bytes(half))  # wrong bytes where the first half should be
+        with pytest.raises(ollama.ResponseError) as info:
+            list(client.pull(name, insecure=True, stream=True))
+        assert "digest" in str(info.value.error)
+    assert not blob.exists() and not partial.exists()
+    assert name not in [m.model for m in client.list().models]
