@@ -14,12 +14,15 @@ from adapters import claude, ollama, openai, tgi, vllm
 from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.pool import ModelPool, PoolSettings
+from gateway.metrics import Metrics
 from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
+from gateway.monitor import register_monitor
 from gateway.prompts import PromptBuilder
 from gateway.routes import register_fallbacks, register_routes
 from gateway.service import Service
+from gateway.tracker import Tracker
 
 log = logging.getLogger("gateway")
 
@@ -33,6 +36,8 @@ class Gateway:
     registry: ModelRegistry
     pool: ModelPool
     service: Service
+    tracker: Tracker
+    metrics: Metrics | None
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -45,8 +50,11 @@ def build_gateway(settings: Settings) -> Gateway:
         PoolSettings(keep_alive=settings.keep_alive, max_loaded_models=settings.max_loaded_models,
                      memory_budget=memory_budget_bytes(settings)))
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry)
-    service = Service(registry, pool, settings.keepalive_seconds, PromptBuilder(settings.context_overflow), changes)
-    return Gateway(settings, registry, pool, service)
+    metrics = Metrics() if settings.metrics else None
+    tracker = Tracker(settings.request_history, metrics)
+    service = Service(registry, pool, settings.keepalive_seconds, PromptBuilder(settings.context_overflow), changes,
+                      tracker)
+    return Gateway(settings, registry, pool, service, tracker, metrics)
 
 
 def store_root(settings: Settings) -> str | None:
@@ -69,5 +77,6 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway
     register_routes(app, ROUTES, gateway.service, settings.api_keys)
+    register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, settings.api_keys, settings)
     register_fallbacks(app, openai.ROUTES[0])
     return app

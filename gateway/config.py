@@ -66,6 +66,8 @@ SETTINGS: list[Setting] = [
     Setting("context_overflow", "truncate", str, "An Ollama chat longer than its window: 'truncate' drops the "
                                                  "oldest turns (as Ollama does), 'error' answers 400."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
+    Setting("request_history", 1000, int, "Finished requests kept for /api/requests and the dashboard."),
+    Setting("metrics", True, bool, "Serve Prometheus metrics at /metrics."),
 ]
 
 _BY_KEY = {s.key: s for s in SETTINGS}

@@ -22,7 +22,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
 from gateway.service import KEEPALIVE, Service
-from gateway.types import ErrorKind, GatewayError, invalid
+from gateway.tracker import Record
+from gateway.types import ErrorKind, GatewayError, InternalRequest, invalid
 
 log = logging.getLogger("gateway.http")
 
@@ -82,15 +83,29 @@ def _serve(route: Route, body: Any, service: Service, api_keys: list[str], ctx: 
         _check_key(ctx.headers, api_keys)
     if req.kind in QUERY_KINDS:
         return _json(route.render(service.query(req), req, ctx))
-    if req.kind == "embedding":
-        return _json(route.render(service.embed(req), req, ctx))
     client_gone = _client_gone_probe()
     if req.kind in CHANGE_KINDS:
         change = service.change(req, client_gone)
         if req.stream and route.stream is not None:
             return stream_response(stream_frames(change, route.stream(req, ctx), change.close), route.media_type)
         return _json(route.render(change.last(), req, ctx))
-    gen = service.start(req)
+    record = service.tracker.open(ctx.request_id, route.family, route.path, req.model, req.stream)
+    try:
+        return _run(route, req, ctx, service, record, client_gone)
+    except GatewayError as err:
+        record.finish("failed", error=err.message)
+        raise
+    except Exception:
+        record.finish("failed", error="internal error")
+        raise
+
+
+def _run(route: Route, req: InternalRequest, ctx: RequestContext, service: Service, record: Record,
+         client_gone: Callable[[], bool]) -> Response:
+    """A tracked request: an embedding, or a generation streamed or rendered whole."""
+    if req.kind == "embedding":
+        return _json(route.render(service.embed(req, record), req, ctx))
+    gen = service.start(req, record)
     if req.stream and route.stream is not None:
         frames = stream_frames(service.events(gen, client_gone), route.stream(req, ctx), gen.close)
         return stream_response(frames, route.media_type)

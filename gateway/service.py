@@ -20,6 +20,7 @@ from gateway.engine.pool import Lease, ModelPool
 from gateway.model_changes import ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
 from gateway.prompts import PromptBuilder, check_token_ids, with_model_defaults
+from gateway.tracker import Record, Tracker
 from gateway.types import (
     Choice,
     ChoiceDone,
@@ -115,6 +116,7 @@ class Generation:
     lease: Lease
     keep_alive: float | None
     echo: bool
+    record: Record
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -125,11 +127,14 @@ class Generation:
         for handle in self.handles:
             handle.cancel()
         self.lease.release(self.keep_alive)
+        self.record.finish("cancelled")  # ignored if the generation already ended
 
 
 class Service:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0,
-                 prompts: PromptBuilder | None = None, changes: ModelChanges | None = None):
+                 prompts: PromptBuilder | None = None, changes: ModelChanges | None = None,
+                 tracker: Tracker | None = None):
+        self.tracker = tracker or Tracker()
         self.registry = registry
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
@@ -199,9 +204,11 @@ class Service:
         check_token_ids([tokens], lease.executor.model.n_vocab, "tokens")
         return DetokenizeResult(lease.executor.model.detokenize(tokens))
 
-    def embed(self, req: InternalRequest) -> EmbeddingResult:
+    def embed(self, req: InternalRequest, record: Record) -> EmbeddingResult:
         started = time.monotonic()
-        lease = self.pool.acquire(self.resolve(req.model), req.load_options)
+        spec = self.resolve(req.model)
+        record.set_model(spec.name)
+        lease = self.pool.acquire(spec, req.load_options, on_loading=record.loading)
         try:
             executor = lease.executor
             model = executor.model
@@ -210,10 +217,12 @@ class Service:
             keep = req.truncate_tokens or (executor.embedding_window if req.truncate == "drop_turns" else None)
             if keep:  # TGI/vLLM: a given length; Ollama's `truncate`: the window (the input's start is kept)
                 inputs = [tokens[:keep] for tokens in inputs]
+            n = sum(len(t) for t in inputs)
+            record.started(n, 0, None)
             vectors = executor.embed(inputs)
         finally:
             lease.release(req.keep_alive)
-        n = sum(len(t) for t in inputs)
+        record.finish("completed", "stop")
         timings = Timings(load=lease.load_seconds, total=time.monotonic() - started)
         return EmbeddingResult(vectors, Usage(prompt_tokens=n), timings)
 
@@ -237,12 +246,14 @@ class Service:
 
     # -- generation ------------------------------------------------------------------------------------------
 
-    def start(self, req: InternalRequest) -> Generation:
-        """Tokenize and submit every choice; errors that can be known before decoding are raised here."""
+    def start(self, req: InternalRequest, record: Record) -> Generation:
+        """Tokenize and submit every choice; errors that can be known before decoding are raised here. The
+        record follows the request through loading, queueing, prompt and generation."""
         spec = self.resolve(req.model)
-        lease = self.pool.acquire(spec, req.load_options)
+        record.set_model(spec.name)
+        lease = self.pool.acquire(spec, req.load_options, on_loading=record.loading)
         sink: queue.SimpleQueue = queue.SimpleQueue()
-        gen = Generation([], sink, [], lease, req.keep_alive, req.echo)
+        gen = Generation([], sink, [], lease, req.keep_alive, req.echo, record)
         try:
             prepared = self.prompts.prepare(req, spec, lease.executor)
             sampling = with_model_defaults(req.sampling, spec)
@@ -257,6 +268,9 @@ class Service:
         except BaseException:
             gen.close()
             raise
+        first, executor = gen.handles[0], lease.executor
+        record.queued(lambda: executor.queue_position(first))
+        record.on_cancel(gen.close)
         return gen
 
     def _job(self, req: InternalRequest, sampling, tokens: list[int], window: int, choice: int) -> GenerationJob:
@@ -281,6 +295,7 @@ class Service:
         and cancels everything once `client_gone()` says the client hung up."""
         total = Usage()
         timings = Timings(load=gen.load_seconds)
+        record, cancelled, last_reason = gen.record, False, None
         running = len(gen.handles)
         by_index = {c.index: c for c in gen.choices}
         quiet_since = next_probe = time.monotonic()
@@ -302,18 +317,21 @@ class Service:
                 continue
             quiet_since = now
             if isinstance(event, Piece):
+                record.tokens(1)
                 if event.text or event.logprobs:
                     yield TextDelta(index, event.text, event.logprobs)
             elif isinstance(event, Prefilled):
-                continue
+                record.prompt_progress(event.done)
             elif isinstance(event, Started):
                 if by_index[index].count_prompt:
+                    record.started(event.prompt_tokens, event.cached_tokens, gen.handles[0].job.max_tokens)
                     yield PromptStarted(index, event.prompt_tokens, event.cached_tokens)
                 if gen.echo:
                     yield TextDelta(index, by_index[index].prompt_text)
             elif isinstance(event, Finished):
                 running -= 1
                 if event.error is not None:
+                    record.finish("failed", error=event.error.message)
                     gen.close()
                     raise event.error
                 usage = Usage(event.prompt_tokens if by_index[index].count_prompt else 0,
@@ -322,9 +340,11 @@ class Service:
                 timings.queued = max(timings.queued, event.queued_seconds)
                 timings.prompt = max(timings.prompt, event.prompt_seconds)
                 timings.generation = max(timings.generation, event.generation_seconds)
-                reason = "stop" if event.reason == "cancelled" else event.reason
-                yield ChoiceDone(index, reason, event.stop_sequence, usage)
+                cancelled = cancelled or event.reason == "cancelled"
+                last_reason = "stop" if event.reason == "cancelled" else event.reason
+                yield ChoiceDone(index, last_reason, event.stop_sequence, usage)
         timings.total = time.monotonic() - gen.started + gen.load_seconds
+        record.finish("cancelled" if cancelled else "completed", last_reason)
         yield Done(total, timings)
 
     def complete(self, gen: Generation, client_gone: ClientGone | None = None) -> GenerationResult:

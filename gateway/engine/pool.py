@@ -242,6 +242,20 @@ class ModelPool:
         with self._cond:
             return list(self._loaded.values())
 
+    def view(self) -> list[dict]:
+        """Each loaded model as monitors show it: context, sequences in use, KV cells used, keep-alive left."""
+        now = time.time()
+        out = []
+        for entry in self.running():
+            stats = entry.executor.stats()
+            expires = entry.expires_at_epoch()
+            out.append({"name": entry.spec.name, "n_ctx": stats["n_ctx"], "parallel": stats["parallel"],
+                        "busy": stats["busy"], "waiting": stats["waiting"], "kv_used": stats["kv_used"],
+                        "size": entry.size, "size_vram": entry.size_vram, "in_use": entry.in_use,
+                        "keep_alive_left": None if expires is None else max(0.0, expires - now),
+                        "load_seconds": entry.load_seconds})
+        return out
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

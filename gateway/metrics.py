@@ -1,0 +1,152 @@
+"""Prometheus metrics at `/metrics`, fed by the tracker's records and read from the model pool at scrape time.
+
+Names start with `llm_gateway_` and carry their unit; labels take only bounded values: the family, the route's
+path pattern, the resolved model name (empty while a request's model is unknown, so a client cannot mint label
+values) and the final status. Prompt text never reaches a metric. Each app has its own `CollectorRegistry`, so
+several apps can live in one process (the tests build many).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from gateway.tracker import Record
+
+PoolView = Callable[[], "list[dict[str, Any]]"]
+Counts = Callable[[], "dict[str, int]"]
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def model_label(record: Record) -> str:
+    return record.model if record.model_resolved else ""
+
+
+class Metrics:
+    """The request metrics (updated by `Record` calls) plus, once `watch` is called, the live gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llm_gateway_requests", "Finished generation requests by family, endpoint, model "
+                                "and final status.", ["api", "endpoint", "model", "status"], registry=r)
+        self.ttft = Histogram("llm_gateway_time_to_first_token_seconds", "Time from arrival to the first "
+                              "generated token.", ["model"], buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("llm_gateway_inter_token_latency_seconds", "Time between two generated tokens.",
+                             ["model"], buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("llm_gateway_e2e_request_latency_seconds", "Time from arrival to the end, for "
+                             "requests that got a sequence.", ["model"], buckets=E2E_BUCKETS, registry=r)
+        self.queue_wait = Histogram("llm_gateway_queue_wait_seconds", "Time from arrival until a sequence "
+                                    "started on the request (model loading included).", ["model"],
+                                    buckets=QUEUE_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("llm_gateway_prompt_tokens", "Prompt tokens of started requests.",
+                                     ["api", "model"], registry=r)
+        self.cached_tokens = Counter("llm_gateway_prompt_cached_tokens", "Prompt tokens reused from the KV cache "
+                                     "(prefix cache hits).", ["api", "model"], registry=r)
+        self.generated_tokens = Counter("llm_gateway_generated_tokens", "Generated tokens.", ["api", "model"],
+                                        registry=r)
+        self._lock = threading.Lock()
+        self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
+
+    # -- fed by the tracker's records ------------------------------------------------------------------------
+
+    def started(self, record: Record) -> None:
+        model = model_label(record)
+        prompt, cached = record.prompt_tokens or 0, record.cached_tokens or 0
+        if record.started_at is not None:
+            self.queue_wait.labels(model).observe(record.started_at - record.opened)
+        self.prompt_tokens.labels(record.api, model).inc(prompt)
+        self.cached_tokens.labels(record.api, model).inc(cached)
+        with self._lock:
+            tally = self._prefix.setdefault(model, [0, 0])
+            tally[0] += prompt
+            tally[1] += cached
+
+    def tokens(self, record: Record, count: int, gap: float | None) -> None:
+        """`gap` is the time since the previous report (None for the first, which gives the TTFT); a report of
+        several tokens at once counts as that many equal gaps."""
+        model = model_label(record)
+        self.generated_tokens.labels(record.api, model).inc(count)
+        if gap is None:
+            if record.first_token_at is not None:
+                self.ttft.labels(model).observe(record.first_token_at - record.opened)
+            return
+        itl = self.itl.labels(model)
+        for _ in range(count):
+            itl.observe(gap / count)
+
+    def finished(self, record: Record) -> None:
+        model = model_label(record)
+        self.requests.labels(record.api, record.endpoint, model, record.status).inc()
+        if record.started_at is not None and record.finished_at is not None:
+            self.e2e.labels(model).observe(record.finished_at - record.opened)
+
+    # -- read at scrape time ---------------------------------------------------------------------------------
+
+    def watch(self, counts: Counts, pool_view: PoolView) -> None:
+        """Add the gauges that are read when scraped: request counts from the tracker, models from the pool."""
+        self.registry.register(_LiveCollector(counts, pool_view, self.prefix_hit_ratios))
+
+    def prefix_hit_ratios(self) -> dict[str, float]:
+        with self._lock:
+            return {model: cached / prompt for model, (prompt, cached) in self._prefix.items() if prompt}
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+MODEL_GAUGES = (  # metric name, help, pool_view key
+    ("llm_gateway_model_sequences_in_use", "Sequences decoding for requests now.", "busy"),
+    ("llm_gateway_model_parallel_sequences", "Sequences the model decodes together at most.", "parallel"),
+    ("llm_gateway_model_requests_waiting", "Requests waiting for a free sequence of the model.", "waiting"),
+    ("llm_gateway_kv_cache_used_cells", "KV cache cells holding tokens of live sequences.", "kv_used"),
+    ("llm_gateway_kv_cache_size_cells", "KV cache cells (the context size).", "n_ctx"),
+    ("llm_gateway_model_memory_bytes", "Estimated memory of the loaded model: weights plus KV cache.", "size"),
+    ("llm_gateway_model_load_seconds", "How long the model took to load.", "load_seconds"),
+    ("llm_gateway_model_keep_alive_remaining_seconds", "Seconds until an idle model is unloaded (absent when "
+     "kept forever).", "keep_alive_left"),
+)
+
+
+class _LiveCollector:
+    """A custom collector: its values are read from the tracker and the pool when Prometheus scrapes."""
+
+    def __init__(self, counts: Counts, pool_view: PoolView, prefix: Callable[[], dict[str, float]]):
+        self._counts = counts
+        self._pool_view = pool_view
+        self._prefix = prefix
+
+    def collect(self) -> list[Metric]:
+        counts = self._counts()
+        models = self._pool_view()
+        families = [
+            GaugeMetricFamily("llm_gateway_requests_running", "Requests holding a sequence.",
+                              value=counts.get("running", 0)),
+            GaugeMetricFamily("llm_gateway_requests_queued", "Requests waiting for a model load or a sequence.",
+                              value=counts.get("queued", 0)),
+            GaugeMetricFamily("llm_gateway_models_loaded", "Models loaded now.", value=len(models)),
+        ]
+        for name, help_text, key in MODEL_GAUGES:
+            gauge = GaugeMetricFamily(name, help_text, labels=["model"])
+            for model in models:
+                if model.get(key) is not None:
+                    gauge.add_metric([model["name"]], model[key])
+            families.append(gauge)
+        usage = GaugeMetricFamily("llm_gateway_kv_cache_usage_ratio", "Share of the KV cache in use (0 to 1).",
+                                  labels=["model"])
+        for model in models:
+            if model.get("n_ctx"):
+                usage.add_metric([model["name"]], model.get("kv_used", 0) / model["n_ctx"])
+        hits = GaugeMetricFamily("llm_gateway_prefix_cache_hit_ratio", "Share of prompt tokens reused from the KV "
+                                 "cache since start (0 to 1).", labels=["model"])
+        for model, ratio in sorted(self._prefix().items()):
+            hits.add_metric([model], ratio)
+        return [*families, usage, hits]
