@@ -26,12 +26,12 @@ from adapters.base import SSE_KEEPALIVE, Frame, compact_json, sse
 from gateway import __version__
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
-from gateway.routes import _client_gone_probe, stream_frames, stream_response
+from gateway.routes import client_gone_probe, stream_frames, stream_response
 from gateway.service import KEEPALIVE, KeepAlive
 from gateway.tracker import STATUSES, Event, Tracker
 from gateway.types import GatewayError
 
-TICK_SECONDS = 1.0  # how often a watcher is sent token counts, model changes and throughput
+TICK_SECONDS = 0.5  # how often a watcher is sent token counts, model changes and throughput
 RECENT_IN_SNAPSHOT = 100  # finished records a new watcher is sent (the dashboard shows fewer)
 KEEP_ALIVE_SLACK = 2.0  # seconds a model's keep-alive countdown may drift before watchers are told again
 
@@ -86,13 +86,13 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
     @views.get("/api/events")
     @guarded
     def events() -> Response:
-        feed = EventFeed(tracker, pool_view, keepalive, _client_gone_probe())
+        feed = EventFeed(tracker, pool_view, keepalive, client_gone_probe())
         return stream_response(stream_frames(feed, EventRenderer(), feed.close), "text/event-stream")
 
     @views.get("/dashboard")
     def dashboard() -> str:
         return render_template("dashboard.html", version=__version__, auth=bool(api_keys), root=request.script_root,
-                               keepalive=keepalive, history=RECENT_IN_SNAPSHOT)
+                               keepalive=keepalive)
 
     if metrics is not None:
         metrics.watch(tracker.counts, pool_view)

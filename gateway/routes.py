@@ -83,7 +83,7 @@ def _serve(route: Route, body: Any, service: Service, api_keys: list[str], ctx: 
         _check_key(ctx.headers, api_keys)
     if req.kind in QUERY_KINDS:
         return _json(route.render(service.query(req), req, ctx))
-    client_gone = _client_gone_probe()
+    client_gone = client_gone_probe()
     if req.kind in CHANGE_KINDS:
         change = service.change(req, client_gone)
         if req.stream and route.stream is not None:
@@ -173,7 +173,7 @@ def _check_key(headers: dict[str, str], api_keys: list[str]) -> None:
         raise GatewayError(ErrorKind.UNAUTHORIZED, "Invalid or missing API key.")
 
 
-def _client_gone_probe() -> Callable[[], bool]:
+def client_gone_probe() -> Callable[[], bool]:
     """A check that the client's socket is closed (readable with nothing to read), for requests that write
     nothing for a long time: a non-streaming generation, or a stream still in prefill."""
     sock = request.environ.get("gunicorn.socket")

@@ -159,10 +159,6 @@ class Record:
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    @property
-    def done(self) -> bool:
-        return self.finished_at is not None
-
     def request_cancel(self) -> bool:
         """False if it has already finished; the callback runs outside the lock (it may wait on the engine)."""
         with self._tracker.lock:
