@@ -3,7 +3,9 @@
 Parsing follows the real API where clients depend on it and stays lenient where agents send extras this server
 has no use for: `cache_control`, `metadata`, `context_management`, `service_tier`, `container`, `mcp_servers`,
 the `?beta=true` query and the `anthropic-beta` header are accepted and ignored; tools of a server or builtin
-`type` (web search, code execution, bash, ...) are skipped, and so are the blocks that carry their results.
+`type` (web search, code execution, bash, ...) are skipped, and so are the blocks that carry their results. A tool
+with `defer_loading` stays out of the prompt until a `tool_reference` block (a tool search's result) names it, as
+on Anthropic's side: Claude Code sends a placeholder of that kind that the model must never see.
 Anything this server cannot honour at all (a PDF, an unknown block type) is a 400 naming the field by its dotted
 path (`messages.0.content.1.type`), as Anthropic names it.
 
@@ -160,7 +162,7 @@ def _conversation_request(kind: RequestKind, body: dict[str, Any]) -> InternalRe
         kind=kind,
         model=model,
         messages=messages,
-        tools=parse_tools(body.get("tools")),
+        tools=parse_tools(body.get("tools"), referenced_tools(body.get("messages"))),
         continue_final_message=is_prefill(messages),
     )
 
@@ -206,9 +208,10 @@ def _parse_stop_sequences(value: Any) -> list[str]:
     return [item for item in value if item]
 
 
-def parse_tools(value: Any) -> list[Tool]:
+def parse_tools(value: Any, referenced: frozenset[str] = frozenset()) -> list[Tool]:
     """Only custom tools become Tools. A tool with another `type` is one Anthropic runs on its side or whose
-    schema only Claude knows (web_search_…, bash_…, text_editor_…): skipped, so agents that always send them work."""
+    schema only Claude knows (web_search_…, bash_…, text_editor_…): skipped, so agents that always send them work.
+    A deferred tool (`defer_loading`) is validated but kept only once its name is `referenced`."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -218,9 +221,25 @@ def parse_tools(value: Any) -> list[Tool]:
         name = f"tools.{i}"
         if not isinstance(tool, dict):
             raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
-        if get_typed(tool, "type", str, "a string", default="custom", prefix=name + ".") == "custom":
-            tools.append(_parse_tool(tool, name + "."))
+        if get_typed(tool, "type", str, "a string", default="custom", prefix=name + ".") != "custom":
+            continue
+        parsed = _parse_tool(tool, name + ".")
+        deferred = get_typed(tool, "defer_loading", bool, "a boolean", default=False, prefix=name + ".")
+        if not deferred or parsed.name in referenced:
+            tools.append(parsed)
     return tools
+
+
+def referenced_tools(value: Any) -> frozenset[str]:
+    """The tool names in `tool_reference` blocks anywhere in the messages: in a custom tool search's
+    `tool_result`, or in a server tool search's result, which nests them deeper."""
+    if isinstance(value, list):
+        return frozenset().union(*map(referenced_tools, value))
+    if not isinstance(value, dict):
+        return frozenset()
+    if value.get("type") == "tool_reference" and isinstance(value.get("tool_name"), str):
+        return frozenset({value["tool_name"]})
+    return frozenset().union(*(referenced_tools(item) for item in value.values() if isinstance(item, (list, dict))))
 
 
 def _parse_tool(tool: dict[str, Any], prefix: str) -> Tool:
