@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
-from gateway.service import KEEPALIVE, Service
+from gateway.service import KEEPALIVE, ProgressNote, Service
 from gateway.tracker import Record
 from gateway.types import ErrorKind, GatewayError, InternalRequest, invalid
 
@@ -31,6 +31,7 @@ QUERY_KINDS = ("list_models", "show_model", "list_running", "health", "version",
                "load_model", "unload_model")
 CHANGE_KINDS = ("copy_model", "delete_model", "create_model", "pull_model")
 OPEN_KINDS = ("health", "version")  # answered without an API key, so probes and load balancers work
+PROGRESS_HEADER = "x-gateway-progress"  # "1": a streamed SSE response also carries `: progress {record}` lines
 
 
 def register_routes(app: Flask, routes: list[Route], service: Service, api_keys: list[str]) -> None:
@@ -106,6 +107,8 @@ def _run(route: Route, req: InternalRequest, ctx: RequestContext, service: Servi
     if req.kind == "embedding":
         return _json(route.render(service.embed(req, record), req, ctx))
     gen = service.start(req, record)
+    # Opt-in progress inside the client's own stream, only where extra frames break no client: SSE comments.
+    gen.progress = route.media_type == "text/event-stream" and ctx.headers.get(PROGRESS_HEADER) in ("1", "true")
     if req.stream and route.stream is not None:
         frames = stream_frames(service.events(gen, client_gone), route.stream(req, ctx), gen.close)
         return stream_response(frames, route.media_type)
@@ -120,6 +123,9 @@ def stream_frames(events: Iterable[Any], renderer: StreamRenderer, close: Callab
         for frame in renderer.start():
             yield frame
         for event in events:
+            if isinstance(event, ProgressNote):
+                yield b": progress " + compact_json(event.record).encode() + b"\n\n"
+                continue
             for frame in renderer.keepalive() if event is KEEPALIVE else renderer.feed(event):
                 yield frame
     except GatewayError as err:

@@ -92,6 +92,17 @@ class KeepAlive:
 
 
 KEEPALIVE = KeepAlive()
+
+
+@dataclass
+class ProgressNote:
+    """The request's record, yielded at each phase change (and each second while generating) to a stream that
+    asked for progress; SSE streams carry it as a comment line, which every SSE client skips."""
+
+    record: dict
+
+
+PROGRESS_EVERY = 1.0  # seconds between progress notes while generating
 PLACEHOLDER_MODELS = ("dummy", "tgi")
 PROBE_SECONDS = 0.5  # how often a request checks that its client is still connected
 
@@ -118,6 +129,7 @@ class Generation:
     echo: bool
     record: Record
     started: float = field(default_factory=time.monotonic)
+    progress: bool = False  # yield ProgressNotes (a client opted in)
 
     @property
     def load_seconds(self) -> float:
@@ -290,12 +302,16 @@ class Service:
         return GenerationJob(prompt=tokens, sampling=sampling, max_tokens=max_tokens, stop=sampling.stop,
                              logprobs=logprobs)
 
-    def events(self, gen: Generation, client_gone: ClientGone | None = None) -> Iterator[OutputEvent | KeepAlive]:
+    def events(self, gen: Generation, client_gone: ClientGone | None = None
+               ) -> Iterator[OutputEvent | KeepAlive | ProgressNote]:
         """Engine events → OutputEvents, ending with `Done`. Yields KEEPALIVE after `keepalive_seconds` of silence
         and cancels everything once `client_gone()` says the client hung up."""
         total = Usage()
         timings = Timings(load=gen.load_seconds)
         record, cancelled, last_reason = gen.record, False, None
+        next_note = 0.0  # when a progress note is next due while generating; 0: at the first token
+        if gen.progress:
+            yield ProgressNote(record.to_json())
         running = len(gen.handles)
         by_index = {c.index: c for c in gen.choices}
         quiet_since = next_probe = time.monotonic()
@@ -318,13 +334,20 @@ class Service:
             quiet_since = now
             if isinstance(event, Piece):
                 record.tokens(1)
+                if gen.progress and now >= next_note:
+                    next_note = now + PROGRESS_EVERY
+                    yield ProgressNote(record.to_json())
                 if event.text or event.logprobs:
                     yield TextDelta(index, event.text, event.logprobs)
             elif isinstance(event, Prefilled):
                 record.prompt_progress(event.done)
+                if gen.progress:
+                    yield ProgressNote(record.to_json())
             elif isinstance(event, Started):
                 if by_index[index].count_prompt:
                     record.started(event.prompt_tokens, event.cached_tokens, gen.handles[0].job.max_tokens)
+                    if gen.progress:
+                        yield ProgressNote(record.to_json())
                     yield PromptStarted(index, event.prompt_tokens, event.cached_tokens)
                 if gen.echo:
                     yield TextDelta(index, by_index[index].prompt_text)

@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
+import openai
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -324,3 +325,24 @@ def test_unload_unloads_the_model_and_the_next_request_loads_it_again(server: Ga
                       timeout=120)
     assert r.status_code == 200
     assert scrape(server)[("llm_gateway_models_loaded", ())] == 1
+
+
+def test_progress_inside_the_clients_own_stream_on_request(server: GatewayServer) -> None:
+    """With `X-Gateway-Progress: 1`, an SSE stream also carries `: progress {record}` comment lines through the
+    phases; SSE clients skip comments, so the official SDKs still parse the stream unchanged."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 12,
+            "stream": True}
+    r = requests.post(server.url + "/v1/chat/completions", json=body, headers={"X-Gateway-Progress": "1"},
+                      stream=True, timeout=120)
+    lines = [line for line in r.iter_lines(decode_unicode=True) if line]
+    notes = [json.loads(line[len(": progress "):]) for line in lines if line.startswith(": progress ")]
+    phases = [n["phase"] for n in notes]
+    assert phases[0] == "queued" and "prompt" in phases and "generating" in phases
+    assert all(n["id"] == r.headers["X-Request-Id"] for n in notes)
+    assert lines[-1] == "data: [DONE]"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", default_headers={"X-Gateway-Progress": "1"})
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=MODEL, messages=body["messages"], max_tokens=12, stream=True) if c.choices)
+    assert text
+    plain = requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=120)
+    assert not any(line.startswith(b": progress") for line in plain.iter_lines())
