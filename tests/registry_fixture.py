@@ -6,8 +6,7 @@ a temporary folder and plain http on a free loopback port. Ollama's own registry
 model pushed here with `push_ollama_model` can be pulled by the gateway (or by `ollama pull --insecure`).
 
     binary = docker_registry_binary()
-    if binary is None:
-        pytest.skip(NOT_INSTALLED)
+    require_tool(binary, NOT_INSTALLED)  # tests/system_tools.py
     with DockerRegistry(tmp_path, binary) as registry:
         push_ollama_model(registry.url, "library/tiny:latest", gguf_path, template="{{ .Prompt }}")
         # pull "tiny" with default_registry=registry.url, or "<registry.host>/library/tiny" with insecure=True

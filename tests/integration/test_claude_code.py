@@ -28,6 +28,7 @@ import pytest
 
 from gateway.models.embedded import embedded_model_path
 from tests.integration.support import GatewayServer
+from tests.system_tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,7 @@ MESSAGE_ID = re.compile(r"msg_([0-9a-f]{24})")  # our request id, as the gateway
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    if CLAUDE_BIN is None:
-        pytest.skip("the `claude` CLI is not installed (npm install -g @anthropic-ai/claude-code)")
+    require_tool(CLAUDE_BIN, "the `claude` CLI is not installed (npm install -g @anthropic-ai/claude-code)")
     config = {
         "embedded_model": False,
         "models": [{"name": GREEDY, "path": embedded_model_path(), "parameters": {"temperature": 0}}],

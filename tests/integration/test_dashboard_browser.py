@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
+from tests.system_tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ def browser_paths() -> tuple[str, str]:
     """Debian's chromium and chromium-driver (`.ci/run` installs both); selenium must not try to download one."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("no browser: install Debian's `chromium` and `chromium-driver` to run the dashboard test")
+    require_tool(chromium and driver,
+                 "no browser: install Debian's `chromium` and `chromium-driver` to run the dashboard test")
     return chromium, driver
 
 

@@ -17,6 +17,7 @@ from gateway.models.embedded import embedded_model_path
 from gateway.models.ollama_store import OllamaStore
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 from tests.registry_fixture import NOT_INSTALLED, DockerRegistry, docker_registry_binary, push_ollama_model
+from tests.system_tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -220,8 +221,7 @@ def test_pull_from_a_real_registry_with_progress(client: ollama.Client, tmp_path
     """Debian's docker-registry (an OCI distribution server, what Ollama's registry speaks) holds a model pushed
     the way Ollama lays one out; `ollama pull` through us downloads, verifies and serves it."""
     binary = docker_registry_binary()
-    if binary is None:
-        pytest.skip(NOT_INSTALLED)
+    require_tool(binary, NOT_INSTALLED)
     with DockerRegistry(tmp_path_factory.mktemp("registry"), binary) as registry:
         push_ollama_model(registry.url, "library/tiny:v1", Path(embedded_model_path()), system="You are tiny.",
                           parameters={"num_predict": 3})
@@ -270,8 +270,7 @@ def test_pull_resumes_a_partial_blob_and_refuses_wrong_bytes(client: ollama.Clie
     """A partial download left in the store is resumed with a Range request; a partial holding wrong bytes
     fails the digest check and leaves nothing behind: no blob, no partial, no manifest."""
     binary = docker_registry_binary()
-    if binary is None:
-        pytest.skip(NOT_INSTALLED)
+    require_tool(binary, NOT_INSTALLED)
     gguf = Path(embedded_model_path())
     data = gguf.read_bytes()
     digest = hashlib.sha256(data).hexdigest()

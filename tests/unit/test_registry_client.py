@@ -17,6 +17,7 @@ from gateway.models.ollama_store import OllamaStore
 from gateway.models.registry_client import RegistryClient
 from gateway.types import ErrorKind, GatewayError, Progress
 from tests.registry_fixture import NOT_INSTALLED, DockerRegistry, docker_registry_binary, push_ollama_model
+from tests.system_tools import require_tool
 from tests.unit.ollama_fixtures import MEDIA, digest_of, gguf_bytes, tiny_gguf
 
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -410,8 +411,7 @@ def test_docker_registry_serves_ollama_models(tmp_path, store):
     """Debian's docker-registry (distribution 2.8) as a real registry: push a GGUF as an Ollama model over plain
     HTTP, pull it, then resume a partial download against it."""
     binary = docker_registry_binary()
-    if binary is None:
-        pytest.skip(NOT_INSTALLED)
+    require_tool(binary, NOT_INSTALLED)
     gguf = tiny_gguf(tmp_path / "tiny.gguf", padding=200_000)
     with DockerRegistry(tmp_path / "registry", binary) as real:
         manifest = push_ollama_model(real.url, "library/tiny:v1", gguf, template="{{ .Prompt }}",
