@@ -110,10 +110,6 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
 times for every query while it retries 529 three times and only for the query the user waits on (the SDKs
 retry both). A model that cannot be loaded now is the server's capacity, so 529 overloaded_error."""
 
-PROMPT_OVER = re.compile(r"maximum context length is (\d+) tokens\. However, your prompt has (\d+) tokens")
-REQUEST_OVER = re.compile(r"maximum context length is (\d+) tokens\. However, you requested \d+ tokens "
-                          r"\((\d+) in the prompt, (\d+) for the completion\)")
-"""The numbers in the service's two context-overflow messages, until GatewayError carries them as fields."""
 
 PING: Frame = sse('{"type": "ping"}', event="ping")
 
@@ -541,23 +537,23 @@ def created_at(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def overflow_message(message: str) -> str:
+def overflow_message(err: GatewayError) -> str:
     """Claude's own wording, which agents match to react: "prompt is too long: N tokens > M maximum" makes
     Claude Code compact the conversation, "input length and `max_tokens` exceed context limit: I + O > N" makes it
     retry with a smaller max_tokens."""
-    if match := PROMPT_OVER.search(message):
-        limit, prompt = match.groups()
+    facts = err.details
+    limit, prompt, output = facts.get("limit"), facts.get("prompt_tokens"), facts.get("max_tokens")
+    if limit is None or prompt is None:
+        return f"prompt is too long: {err.message}"
+    if output is None or prompt >= limit:
         return f"prompt is too long: {prompt} tokens > {limit} maximum"
-    if match := REQUEST_OVER.search(message):
-        limit, prompt, output = match.groups()
-        return (f"input length and `max_tokens` exceed context limit: {prompt} + {output} > {limit}, "
-                "decrease input length or `max_tokens` and try again")
-    return f"prompt is too long: {message}"
+    return (f"input length and `max_tokens` exceed context limit: {prompt} + {output} > {limit}, "
+            "decrease input length or `max_tokens` and try again")
 
 
 def error_body(err: GatewayError) -> dict[str, Any]:
     kind = ERRORS.get(err.kind, (500, "api_error"))[1]
-    message = overflow_message(err.message) if err.kind is ErrorKind.CONTEXT_OVERFLOW else err.message
+    message = overflow_message(err) if err.kind is ErrorKind.CONTEXT_OVERFLOW else err.message
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 

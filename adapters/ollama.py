@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from typing import Any, Callable, Literal
 
 from adapters.base import (
@@ -23,7 +22,6 @@ from adapters.base import (
     Render,
     RequestContext,
     Route,
-    compact_json,
     expect_object,
     get_number,
     get_typed,
@@ -49,7 +47,7 @@ from adapters.ollama_models import (
     render_show,
     render_tags,
 )
-from adapters.openai import parse_tools
+from adapters.openai import parse_tool_calls, parse_tools
 from gateway.types import (
     MODEL_PARAMETERS,
     ChoiceDone,
@@ -102,7 +100,6 @@ STATUSES: dict[ErrorKind, int] = {
     ErrorKind.UNAVAILABLE: 500,
     ErrorKind.INTERNAL: 500,
 }
-REGISTRY_NOT_FOUND = re.compile(r"The model `(.*)` does not exist\.")
 IMAGE_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif", "UklGR": "image/webp"}
 
 
@@ -270,7 +267,7 @@ def _parse_message(item: Any, name: str) -> Message:
         role=role,
         content=get_typed(item, "content", str, "a string", default="", prefix=prefix),
         images=parse_images(item.get("images"), prefix + "images"),
-        tool_calls=_parse_tool_calls(item.get("tool_calls"), prefix + "tool_calls"),
+        tool_calls=parse_tool_calls(item.get("tool_calls"), prefix + "tool_calls"),
         tool_call_id=get_typed(item, "tool_call_id", str, "a string", prefix=prefix),
         name=get_typed(item, "tool_name", str, "a string", prefix=prefix),
         thinking=get_typed(item, "thinking", str, "a string", prefix=prefix),
@@ -300,28 +297,6 @@ def _image_url(value: Any, name: str) -> str:
     media = next((kind for prefix, kind in IMAGE_TYPES.items() if value.startswith(prefix)),
                  "application/octet-stream")
     return f"data:{media};base64,{value}"
-
-
-def _parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `{name}`: expected an array, got {type_name(value)}.", name)
-    return [_parse_tool_call(call, f"{name}[{k}]") for k, call in enumerate(value)]
-
-
-def _parse_tool_call(call: Any, name: str) -> ToolCall:
-    """Ollama sends `arguments` as an object; a JSON string (what OpenAI-minded clients send) is accepted too."""
-    if not isinstance(call, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(call)}.", name)
-    function = get_typed(call, "function", dict, "an object", required=True, prefix=name + ".")
-    prefix = name + ".function."
-    arguments = get_typed(function, "arguments", (dict, str), "an object", default={}, prefix=prefix)
-    return ToolCall(
-        id=get_typed(call, "id", str, "a string", default="", prefix=name + "."),
-        name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
-        arguments=arguments if isinstance(arguments, str) else compact_json(arguments),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -544,8 +519,8 @@ def render_error(err: GatewayError) -> tuple[int, dict[str, Any]]:
 def error_message(err: GatewayError) -> str:
     """Ollama's wording for an unknown model, `model 'x' not found`: `ollama run` and `ollama stop` look for
     "not found". The registry's message carries the name in backticks; other messages pass through."""
-    found = REGISTRY_NOT_FOUND.fullmatch(err.message) if err.kind == ErrorKind.NOT_FOUND else None
-    return f"model '{found.group(1)}' not found" if found else err.message
+    model = err.details.get("model") if err.kind == ErrorKind.NOT_FOUND else None
+    return f"model '{model}' not found" if model is not None else err.message
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -321,7 +321,7 @@ def _parse_message(item: Any, name: str) -> Message:
         role=ROLES[role],
         content=content,
         images=images,
-        tool_calls=_parse_tool_calls(item.get("tool_calls"), prefix + "tool_calls"),
+        tool_calls=parse_tool_calls(item.get("tool_calls"), prefix + "tool_calls"),
         tool_call_id=get_typed(item, "tool_call_id", str, "a string", prefix=prefix),
         name=get_typed(item, "name", str, "a string", prefix=prefix),
         thinking=get_typed(item, "reasoning_content", str, "a string", prefix=prefix)
@@ -368,7 +368,7 @@ def _parse_image_url(value: Any, name: str) -> str:
     raise invalid(f"Invalid value for `{name}`: expected an object with a `url`.", name)
 
 
-def _parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
+def parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -377,7 +377,8 @@ def _parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
 
 
 def _parse_tool_call(call: Any, name: str) -> ToolCall:
-    """`arguments` stays a string internally; an object (sent by some non-OpenAI clients) is re-encoded."""
+    """`arguments` stays a string internally; an object (what Ollama and some other clients send) is
+    re-encoded."""
     if not isinstance(call, dict):
         raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(call)}.", name)
     function = get_typed(call, "function", dict, "an object", required=True, prefix=name + ".")

@@ -293,7 +293,8 @@ class Service:
             raise GatewayError(
                 ErrorKind.CONTEXT_OVERFLOW,
                 f"This model's maximum context length is {window} tokens. However, your prompt has {len(tokens)} "
-                f"tokens. Please reduce the length of the prompt.", "messages")
+                f"tokens. Please reduce the length of the prompt.", "messages",
+                details={"limit": window, "prompt_tokens": len(tokens)})
         max_tokens = sampling.max_tokens
         clip = req.clip_max_tokens or req.truncate == "drop_turns"
         if max_tokens is None or (clip and max_tokens > room):

@@ -28,12 +28,14 @@ class ErrorKind(str, Enum):
 class GatewayError(Exception):
     """A failure a client should see: the kind picks the status, the message names the field and the limit."""
 
-    def __init__(self, kind: ErrorKind, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None, code: str | None = None,
+                 details: dict[str, Any] | None = None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.param = param
         self.code = code
+        self.details = details or {}  # facts a family words its own message from: model; limit, prompt_tokens...
 
     def __repr__(self) -> str:
         return f"GatewayError({self.kind.value}, {self.message!r}, param={self.param!r})"

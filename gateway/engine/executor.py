@@ -92,7 +92,7 @@ class Executor:
                 f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
                 f"{n_prompt + job.max_tokens} tokens ({n_prompt} in the prompt, {job.max_tokens} for the "
                 f"completion). Please reduce the length of the prompt or the maximum number of tokens.",
-                "messages")
+                "messages", details={"limit": self.n_ctx, "prompt_tokens": n_prompt, "max_tokens": job.max_tokens})
 
     def _request_cancel(self, handle: JobHandle) -> None:
         self._inbox.put(("cancel", handle))

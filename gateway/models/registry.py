@@ -132,9 +132,8 @@ class ModelRegistry:
         if target is None:
             target = next((t for pattern, t in catalog.globs if fnmatch.fnmatchcase(name, pattern)), None)
         if target is None:
-            raise GatewayError(
-                ErrorKind.NOT_FOUND, f"The model `{name}` does not exist.", param="model", code="model_not_found"
-            )
+            raise GatewayError(ErrorKind.NOT_FOUND, f"The model `{name}` does not exist.", param="model",
+                               code="model_not_found", details={"model": name})
         return catalog.specs[target]
 
     def specs(self) -> list[ModelSpec]:

@@ -514,19 +514,19 @@ def test_render_error(kind: ErrorKind, status: int, wire_type: str) -> None:
     assert cl.render_error(err) == (status, {"type": "error", "error": {"type": wire_type, "message": "boom"}})
 
 
-@pytest.mark.parametrize("message, wire", [
-    ("This model's maximum context length is 4096 tokens. However, your prompt has 5000 tokens. Please reduce the "
-     "length of the prompt.", "prompt is too long: 5000 tokens > 4096 maximum"),
-    ("This model's maximum context length is 4096 tokens. However, you requested 4200 tokens (200 in the prompt, "
-     "4000 for the completion). Please reduce the length of the prompt or the maximum number of tokens.",
+@pytest.mark.parametrize("message, details, wire", [
+    ("This model's maximum context length is 4096 tokens. However, your prompt has 5000 tokens.",
+     {"limit": 4096, "prompt_tokens": 5000}, "prompt is too long: 5000 tokens > 4096 maximum"),
+    ("This model's maximum context length is 4096 tokens. However, you requested 4200 tokens.",
+     {"limit": 4096, "prompt_tokens": 200, "max_tokens": 4000},
      "input length and `max_tokens` exceed context limit: 200 + 4000 > 4096, decrease input length or "
      "`max_tokens` and try again"),
-    ("An input has 600 tokens; the embedding context holds 512.",
+    ("An input has 600 tokens; the embedding context holds 512.", {},
      "prompt is too long: An input has 600 tokens; the embedding context holds 512."),
 ])
-def test_context_overflow_speaks_claudes_words(message: str, wire: str) -> None:
+def test_context_overflow_speaks_claudes_words(message: str, details: dict, wire: str) -> None:
     """Agents match these messages: the first makes Claude Code compact, the second lower max_tokens."""
-    err = GatewayError(ErrorKind.CONTEXT_OVERFLOW, message, "messages")
+    err = GatewayError(ErrorKind.CONTEXT_OVERFLOW, message, "messages", details=details)
     assert cl.render_error(err) == (400, {"type": "error", "error": {"type": "invalid_request_error",
                                                                      "message": wire}})
 

@@ -704,14 +704,14 @@ def test_render_error(kind: ErrorKind, status: int) -> None:
     assert ol.render_error(GatewayError(kind, "boom", param="p")) == (status, {"error": "boom"})
 
 
-@pytest.mark.parametrize("message, wire", [
-    ("The model `no-such-model` does not exist.", "model 'no-such-model' not found"),
-    ("The model `a:b` does not exist.", "model 'a:b' not found"),
-    ("model 'x' not found", "model 'x' not found"),
-    ("No model is configured.", "No model is configured."),
+@pytest.mark.parametrize("message, details, wire", [
+    ("The model `no-such-model` does not exist.", {"model": "no-such-model"}, "model 'no-such-model' not found"),
+    ("The model `a:b` does not exist.", {"model": "a:b"}, "model 'a:b' not found"),
+    ("model 'x' not found", {}, "model 'x' not found"),
+    ("No model is configured.", {}, "No model is configured."),
 ])
-def test_not_found_uses_ollamas_wording(message: str, wire: str) -> None:
-    err = GatewayError(ErrorKind.NOT_FOUND, message, param="model", code="model_not_found")
+def test_not_found_uses_ollamas_wording(message: str, details: dict, wire: str) -> None:
+    err = GatewayError(ErrorKind.NOT_FOUND, message, param="model", code="model_not_found", details=details)
     assert ol.render_error(err) == (404, {"error": wire})
 
 
@@ -807,7 +807,8 @@ def test_stream_error_keepalive_and_close() -> None:
 
 def test_stream_error_rewords_not_found() -> None:
     renderer = ol.ProgressStream(InternalRequest(kind="pull_model", stream=True), CTX)
-    err = GatewayError(ErrorKind.NOT_FOUND, "The model `x` does not exist.", code="model_not_found")
+    err = GatewayError(ErrorKind.NOT_FOUND, "The model `x` does not exist.", code="model_not_found",
+                       details={"model": "x"})
     assert lines(renderer.error(err)) == [{"error": "model 'x' not found"}]
 
 
