@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from gateway.config import ConfigError, Settings, describe, load_settings
+from gateway.engine.cpu import cpu_features
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "check":
             print(describe(settings))
+            print(f"# {cpu_features().describe()}")
             return 0
         for spec in registry.specs():
             info = registry.info(spec)

@@ -12,6 +12,7 @@ from flask import Flask
 
 from adapters import claude, ollama, openai, tgi, vllm
 from gateway.config import Settings, load_settings, memory_budget_bytes
+from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.pool import ModelPool, PoolSettings
 from gateway.metrics import Metrics
@@ -67,6 +68,7 @@ def store_root(settings: Settings) -> str | None:
 
 def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     settings = settings or load_settings()
+    log.info("%s", cpu_features().describe())
     gateway = build_gateway(settings)
     pinned = [gateway.registry.resolve(name) for name in settings.pinned]
     gateway.pool.settings.pinned = {spec.name for spec in pinned}

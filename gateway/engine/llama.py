@@ -80,6 +80,7 @@ class LoadParams:
     main_gpu: int = 0
     tensor_split: list[float] | None = None
     use_mmap: bool = True
+    repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU); see engine/cpu.py
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +93,7 @@ class LlamaModel:
         mp.n_gpu_layers = params.n_gpu_layers
         mp.split_mode = SPLIT_MODES[params.split_mode]
         mp.main_gpu = params.main_gpu
+        mp.use_extra_bufts = params.repack
         if params.tensor_split:
             n_dev = llama_cpp.llama_max_devices()
             values = list(params.tensor_split)[:n_dev] + [0.0] * max(0, n_dev - len(params.tensor_split))

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gateway.engine.cpu import resolve_repack
 from gateway.engine.executor import Executor, ExecutorSettings
 from gateway.engine.llama import LoadParams, supports_gpu_offload
 from gateway.models.gguf import read_metadata
@@ -163,8 +164,9 @@ class ModelPool:
                 self._cond.notify_all()
             raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
         seconds = time.monotonic() - started
-        log.info("loaded %s in %.2fs (n_ctx %d, parallel %d, threads %d, ~%s)", spec.name, seconds,
-                 executor.n_ctx, executor.parallel, executor.n_threads, _gib(size))
+        log.info("loaded %s in %.2fs (n_ctx %d, parallel %d, threads %d, weight repacking %s, ~%s)", spec.name,
+                 seconds, executor.n_ctx, executor.parallel, executor.n_threads,
+                 "on" if settings.load.repack else "off", _gib(size))
         entry = Loaded(spec, executor, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
                        keep_alive=self.settings.keep_alive if spec.keep_alive is None else spec.keep_alive,
                        size_vram=vram_bytes(spec, settings, size), in_use=1)
@@ -301,7 +303,8 @@ class ModelPool:
             n_threads=spec.n_threads or options.get("n_threads") or base.n_threads,
             max_queue=base.max_queue,
             load=LoadParams(n_gpu_layers=options.get("n_gpu_layers", spec.n_gpu_layers), split_mode=spec.split_mode,
-                            main_gpu=spec.main_gpu, tensor_split=spec.tensor_split),
+                            main_gpu=spec.main_gpu, tensor_split=spec.tensor_split,
+                            repack=resolve_repack(spec.repack)),
         )
 
 

@@ -43,6 +43,7 @@ class ModelSpec:
     main_gpu: int = 0
     tensor_split: list[float] | None = None
     n_threads: int | None = None
+    repack: bool | None = None  # repack weights for the CPU; None: yes, unless the CPU has AMX (engine/cpu.py)
     keep_alive: float | None = None  # seconds idle before unloading; None: the server's keep_alive
     pinned: bool = False
     system: str | None = None  # default system prompt (an Ollama SYSTEM layer, or config)
@@ -66,6 +67,7 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "main_gpu": (int, False),
     "tensor_split": (list, True),
     "n_threads": (int, True),
+    "repack": (bool, True),
     "keep_alive": ((int, float, str), True),
     "pinned": (bool, False),
     "system": (str, True),
