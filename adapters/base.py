@@ -1,4 +1,5 @@
-"""What every adapter provides to the generic handler, and the two stream framings.
+"""What every adapter provides to the generic handler, the two stream framings, and `BaseStream`, the part of a
+stream renderer every family shares.
 
 An adapter is a list of `Route`s. The generic handler in `gateway/routes.py` reads the body, calls `parse`,
 runs the request through the service and then either calls `render` (a finished result) or drives a
@@ -33,7 +34,8 @@ Frame = bytes
 
 class StreamRenderer(Protocol):
     """Turns output events into wire frames for one streamed response; keeps whatever block/index state its
-    family needs. `error` renders a failure that happens after the headers went out."""
+    family needs. `error` renders a failure that happens after the headers went out. Every family's renderer
+    builds on `BaseStream`."""
 
     def start(self) -> list[Frame]: ...
 
@@ -59,7 +61,8 @@ class Route:
 
     Where families share a path and method (see DESIGN.md), each route but one has `accepts`, a test on the
     parsed body (None for 'none' routes) and the context; the first route that accepts serves the request and
-    the route without `accepts` takes the rest."""
+    the route without `accepts` takes the rest. A `public` route (health, version) answers without an API key, so
+    probes and load balancers work; every other route checks the key before its body is parsed."""
 
     method: str
     path: str
@@ -73,6 +76,7 @@ class Route:
     name: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
     accepts: Accepts | None = None
+    public: bool = False
 
 
 def compact_json(obj: Any) -> str:
@@ -92,6 +96,50 @@ SSE_KEEPALIVE: Frame = b": ping\n\n"
 def ndjson(obj: Any) -> Frame:
     """One NDJSON line: compact, newline-terminated, never a blank line."""
     return (compact_json(obj) + "\n").encode()
+
+
+class BaseStream:
+    """What every family's `StreamRenderer` shares: a stream ends once, and emits nothing after its end.
+
+    The end is the family's last frame (a subclass sets `closed` when it sends it) or an error. After it, the
+    routes loop may still hand over events (TGI ends at its choice's end, before `Done`) or an error (the
+    service can fail after the last frame went out), and a frame after the terminator would read as a second
+    answer or as garbage. A subclass writes only its frames: `event_frames` for an event, `error_frames` for a
+    failure, and `idle_frame` (or `idle_frames`, where its keepalive depends on the stream's state) for a quiet
+    moment."""
+
+    idle_frame: Frame | None = SSE_KEEPALIVE
+    """What a keepalive sends: an SSE comment, which every SSE client skips. NDJSON streams send nothing (None),
+    because their clients read every line as an object."""
+
+    def __init__(self, req: InternalRequest, ctx: RequestContext):
+        """Takes what a `MakeStreamRenderer` is given, so a stream that keeps no state needs no `__init__`."""
+        self.closed = False
+
+    def start(self) -> list[Frame]:
+        return []
+
+    def feed(self, event: OutputEvent) -> list[Frame]:
+        return [] if self.closed else self.event_frames(event)
+
+    def keepalive(self) -> list[Frame]:
+        return [] if self.closed else self.idle_frames()
+
+    def error(self, err: GatewayError) -> list[Frame]:
+        """The failure ends the stream, so the family's error frames are its last."""
+        if self.closed:
+            return []
+        self.closed = True
+        return self.error_frames(err)
+
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
+        raise NotImplementedError
+
+    def error_frames(self, err: GatewayError) -> list[Frame]:
+        raise NotImplementedError
+
+    def idle_frames(self) -> list[Frame]:
+        return [] if self.idle_frame is None else [self.idle_frame]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,6 +181,11 @@ def get_number(body: dict[str, Any], key: str, lo: float | None = None, hi: floa
             f"at least {lo}" if lo is not None else f"at most {hi}")
         raise invalid(f"Invalid value for `{name}`: expected a number {bounds}, got {value}.", name)
     return value
+
+
+def is_token(value: Any) -> bool:
+    """A token id: a non-negative integer, and not a boolean (JSON `true` decodes to a Python int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def type_name(value: Any) -> str:

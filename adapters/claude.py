@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from adapters.base import (
-    SSE_KEEPALIVE,
+    BaseStream,
     Frame,
     RequestContext,
     Route,
@@ -642,13 +642,15 @@ def _event(data: dict[str, Any]) -> Frame:
     return sse(data, event=data["type"])
 
 
-class MessagesStream:
+class MessagesStream(BaseStream):
     """The block state machine: each kind of output opens its own content block (thinking, text, one per tool
     call), the open block is stopped when another kind starts, and indexes count up from 0 in that order. A
     thinking block gets its signature just before it stops. `ping` follows the first block start, as Claude
-    sends it. A stream with no output still gets one empty text block, like a finished message."""
+    sends it. A stream with no output still gets one empty text block, like a finished message. Nothing goes out
+    at `start`: message_start waits for PromptStarted, which carries the prompt's usage."""
 
     def __init__(self, req: InternalRequest, ctx: RequestContext):
+        super().__init__(req, ctx)
         self.req = req
         self.id = f"msg_{ctx.request_id}"
         self.open: tuple[str, int] | None = None  # the open block: its type and, for a tool call, the call index
@@ -656,11 +658,7 @@ class MessagesStream:
         self.used_tools = False
         self.stop: tuple[str, str | None] = ("end_turn", None)
         self.blocks_done = False
-        self.closed = False
         self.message_started = False
-
-    def start(self) -> list[Frame]:
-        return []  # message_start waits for PromptStarted: it carries the prompt's usage
 
     def _message_start(self, usage: Usage) -> list[Frame]:
         if self.message_started:
@@ -671,13 +669,11 @@ class MessagesStream:
             "stop_reason": None, "stop_sequence": None, "usage": render_usage(usage),
         }})]
 
-    def feed(self, event: OutputEvent) -> list[Frame]:
-        if self.closed:
-            return []
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, PromptStarted):
             return self._message_start(Usage(event.prompt_tokens, 0, event.cached_tokens))
         if not self.message_started:
-            return [*self._message_start(Usage()), *self.feed(event)]
+            return [*self._message_start(Usage()), *self.event_frames(event)]
         if isinstance(event, Done):
             return self._done(event)
         if isinstance(event, ChoiceDone):
@@ -693,15 +689,12 @@ class MessagesStream:
             return self._tool(event)
         return []
 
-    def error(self, err: GatewayError) -> list[Frame]:
-        if self.closed:
-            return []
-        self.closed = True
+    def error_frames(self, err: GatewayError) -> list[Frame]:
         return [_event(error_body(err))]
 
-    def keepalive(self) -> list[Frame]:
+    def idle_frames(self) -> list[Frame]:
         """`event: ping` is only valid after message_start; before it, an SSE comment keeps the line open."""
-        return [PING] if self.message_started else [SSE_KEEPALIVE]
+        return [PING] if self.message_started else super().idle_frames()
 
     def _tool(self, event: ToolCallDelta) -> list[Frame]:
         self.used_tools = True

@@ -16,6 +16,7 @@ import math
 from typing import Any, Callable, Literal
 
 from adapters.base import (
+    BaseStream,
     Frame,
     MakeStreamRenderer,
     Parse,
@@ -47,7 +48,7 @@ from adapters.ollama_models import (
     render_show,
     render_tags,
 )
-from adapters.openai import parse_tool_calls, parse_tools
+from adapters.openai_shapes import parse_tool_calls, parse_tools
 from gateway.types import (
     MODEL_PARAMETERS,
     ChoiceDone,
@@ -527,26 +528,31 @@ def error_message(err: GatewayError) -> str:
 # Streaming
 
 
-class GenerationStream:
+class OllamaStream(BaseStream):
+    """What Ollama's NDJSON streams share: nothing while idle, as Ollama sends nothing, and a failure after the
+    first line as one `{"error"}` line, worded as Ollama words it."""
+
+    idle_frame = None
+
+    def error_frames(self, err: GatewayError) -> list[Frame]:
+        return [ndjson({"error": error_message(err)})]
+
+
+class GenerationStream(OllamaStream):
     """NDJSON objects for /api/chat or /api/generate. Text and thinking go out as they come; a tool call is
     gathered until its choice ends, because Ollama sends each call whole with its arguments as an object. The
-    final object carries done_reason and the counters. Ollama sends nothing while idle, so keepalive is empty."""
+    final object carries done_reason and the counters."""
 
     build: Build = staticmethod(chat_object)
 
     def __init__(self, req: InternalRequest, ctx: RequestContext):
+        super().__init__(req, ctx)
         self.model = req.model
         self.created_at = go_time(ctx.created)
         self.reason = "stop"
         self.calls: dict[int, ToolCall] = {}
-        self.closed = False
 
-    def start(self) -> list[Frame]:
-        return []
-
-    def feed(self, event: OutputEvent) -> list[Frame]:
-        if self.closed:
-            return []
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, TextDelta):
             return [self._line(content=event.text, logprobs=render_logprobs(event.logprobs))]
         if isinstance(event, ThinkingDelta):
@@ -560,15 +566,6 @@ class GenerationStream:
         if isinstance(event, Done):
             self.closed = True
             return [self._line(done=True, reason=self.reason, counters=metrics(event.usage, event.timings))]
-        return []
-
-    def error(self, err: GatewayError) -> list[Frame]:
-        if self.closed:
-            return []
-        self.closed = True
-        return [ndjson({"error": error_message(err)})]
-
-    def keepalive(self) -> list[Frame]:
         return []
 
     def _line(self, **fields: Any) -> Frame:
@@ -592,27 +589,11 @@ class GenerateStream(GenerationStream):
     build: Build = staticmethod(generate_object)
 
 
-class ProgressStream:
-    """NDJSON `{"status", "digest"?, "total"?, "completed"?}` lines of a pull or create, then `{"error"}` on a
-    failure after the first line."""
+class ProgressStream(OllamaStream):
+    """NDJSON `{"status", "digest"?, "total"?, "completed"?}` lines of a pull or create."""
 
-    def __init__(self, req: InternalRequest, ctx: RequestContext):
-        self.closed = False
-
-    def start(self) -> list[Frame]:
-        return []
-
-    def feed(self, event: OutputEvent) -> list[Frame]:
-        return [] if self.closed or not isinstance(event, Progress) else [ndjson(progress_object(event))]
-
-    def error(self, err: GatewayError) -> list[Frame]:
-        if self.closed:
-            return []
-        self.closed = True
-        return [ndjson({"error": error_message(err)})]
-
-    def keepalive(self) -> list[Frame]:
-        return []
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
+        return [ndjson(progress_object(event))] if isinstance(event, Progress) else []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -620,14 +601,15 @@ class ProgressStream:
 
 
 def _route(method: str, path: str, name: str, parse: Parse, render: Render,
-           stream: MakeStreamRenderer | None = None, body: Literal["json", "none"] = "json") -> Route:
+           stream: MakeStreamRenderer | None = None, body: Literal["json", "none"] = "json",
+           public: bool = False) -> Route:
     return Route(method, path, FAMILY, parse, render, render_error, stream=stream, media_type=NDJSON, body=body,
-                 name=f"ollama.{name}")
+                 name=f"ollama.{name}", public=public)
 
 
 ROUTES: list[Route] = [
-    _route("GET", "/", "banner", parse_banner, render_banner, body="none"),
-    _route("GET", "/api/version", "version", parse_version, render_version, body="none"),
+    _route("GET", "/", "banner", parse_banner, render_banner, body="none", public=True),
+    _route("GET", "/api/version", "version", parse_version, render_version, body="none", public=True),
     _route("POST", "/api/chat", "chat", parse_chat, render_chat, stream=GenerationStream),
     _route("POST", "/api/generate", "generate", parse_generate, render_generate, stream=GenerateStream),
     _route("POST", "/api/embed", "embed", parse_embed, render_embed),

@@ -189,6 +189,7 @@ def _running(model: RunningModel, ctx: RequestContext) -> dict[str, Any]:
         "expires_at": go_time(_expiry(model, ctx)),
         "size_vram": model.size_vram,
         "context_length": model.context_length,
+        "runner": model.runner,  # ours: pid, health, restarts, crashes, weight repacking (Go clients skip it)
     }
 
 

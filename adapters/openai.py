@@ -2,8 +2,10 @@
 
 Parsing is lenient on unknown fields (real clients send vendor extras such as `user`, `store` or
 `reasoning_effort`) and strict on the types and ranges of the fields we use: a wrong value is a 400 whose message
-names the field. Rendering follows the wire shapes in shared/API-SPEC.md §1 byte for byte, because the OpenAI SDK
-and its `.stream()` helper are picky about repeated keys, `usage: null` and the `[DONE]` terminator.
+names the field. The shapes other families share (messages, tools, response_format) are parsed in
+`adapters/openai_shapes.py`, and the fields vLLM clients add to these bodies in `adapters/vllm_extras.py`.
+Rendering follows the wire shapes in shared/API-SPEC.md §1 byte for byte, because the OpenAI SDK and its
+`.stream()` helper are picky about repeated keys, `usage: null` and the `[DONE]` terminator.
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ import struct
 from typing import Any
 
 from adapters.base import (
-    SSE_KEEPALIVE,
+    BaseStream,
     Frame,
     RequestContext,
     Route,
-    compact_json,
     expect_object,
     get_number,
     get_typed,
+    is_token,
     sse,
     type_name,
 )
+from adapters.openai_shapes import parse_messages, parse_response_format, parse_tool_choice, parse_tools
+from adapters.vllm_extras import apply_extras
 from gateway.types import (
     Choice,
     ChoiceDone,
-    Constraint,
     Done,
     EmbeddingResult,
     ErrorKind,
@@ -35,9 +38,7 @@ from gateway.types import (
     GatewayError,
     GenerationResult,
     HealthResult,
-    ImagePart,
     InternalRequest,
-    Message,
     ModelInfo,
     ModelList,
     OutputEvent,
@@ -46,10 +47,8 @@ from gateway.types import (
     TextDelta,
     ThinkingDelta,
     TokenLogprob,
-    Tool,
     ToolCall,
     ToolCallDelta,
-    ToolChoice,
     Usage,
     invalid,
 )
@@ -59,9 +58,6 @@ OWNED_BY = "llm-gateway"
 DONE_FRAME: Frame = sse("[DONE]")
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 MAX_STOP = 4
-
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
-TOOL_CHOICES = ("none", "auto", "required")
 
 # key, low, high, integer: the sampling numbers shared by chat and completions. top_k .. repeat_penalty are the
 # llama.cpp/vLLM extras that OpenAI-compatible clients send to local servers.
@@ -117,7 +113,7 @@ def parse_chat(body: Any, ctx: RequestContext) -> InternalRequest:
         constraint=parse_response_format(body.get("response_format")),
     )
     _parse_stream_fields(body, req)
-    _vllm_extras(body, req)
+    apply_extras(body, req)
     return req
 
 
@@ -139,16 +135,8 @@ def parse_completion(body: Any, ctx: RequestContext) -> InternalRequest:
     )
     _parse_stream_fields(body, req)
     _reject_best_of(body, req.n)
-    _vllm_extras(body, req)
+    apply_extras(body, req)
     return req
-
-
-def _vllm_extras(body: dict[str, Any], req: InternalRequest) -> None:
-    """vLLM clients send their extra sampling fields on these same endpoints. The import is late because the
-    vLLM adapter builds on this module's parsers."""
-    from adapters import vllm
-
-    vllm.apply_extras(body, req)
 
 
 def parse_embedding(body: Any, ctx: RequestContext) -> InternalRequest:
@@ -273,7 +261,7 @@ def parse_prompts(value: Any, name: str, allow_empty_text: bool) -> list[Prompt]
         got = "an empty array" if isinstance(value, list) else ("nothing" if value is None else type_name(value))
         raise invalid(f"Invalid value for `{name}`: expected a string, an array of strings, an array of token ids "
                       f"or an array of token-id arrays, got {got}.", name)
-    if all(_is_token(item) for item in value):
+    if all(is_token(item) for item in value):
         return [list(value)]
     return [_parse_one_prompt(item, f"{name}[{i}]", allow_empty_text) for i, item in enumerate(value)]
 
@@ -281,7 +269,7 @@ def parse_prompts(value: Any, name: str, allow_empty_text: bool) -> list[Prompt]
 def _parse_one_prompt(item: Any, name: str, allow_empty_text: bool) -> Prompt:
     if isinstance(item, str):
         return _check_text(item, name, allow_empty_text)
-    if isinstance(item, list) and item and all(_is_token(t) for t in item):
+    if isinstance(item, list) and item and all(is_token(t) for t in item):
         return list(item)
     raise invalid(f"Invalid value for `{name}`: expected a string or a non-empty array of token ids "
                   "(non-negative integers).", name)
@@ -291,173 +279,6 @@ def _check_text(text: str, name: str, allow_empty: bool) -> str:
     if not text and not allow_empty:
         raise invalid(f"Invalid value for `{name}`: expected a non-empty string.", name)
     return text
-
-
-def _is_token(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parsing: messages, tools, response_format
-
-
-def parse_messages(value: Any) -> list[Message]:
-    if not isinstance(value, list) or not value:
-        got = "an empty array" if isinstance(value, list) else ("nothing" if value is None else type_name(value))
-        raise invalid(f"Invalid value for `messages`: expected a non-empty array of messages, got {got}.", "messages")
-    return [_parse_message(item, f"messages[{i}]") for i, item in enumerate(value)]
-
-
-def _parse_message(item: Any, name: str) -> Message:
-    if not isinstance(item, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(item)}.", name)
-    prefix = name + "."
-    role = get_typed(item, "role", str, "a string", required=True, prefix=prefix)
-    if role not in ROLES:
-        raise invalid(f"Invalid value for `{prefix}role`: expected one of {', '.join(ROLES)}, got {role!r}.",
-                      prefix + "role")
-    content, images = _parse_content(item.get("content"), prefix + "content")
-    return Message(
-        role=ROLES[role],
-        content=content,
-        images=images,
-        tool_calls=parse_tool_calls(item.get("tool_calls"), prefix + "tool_calls"),
-        tool_call_id=get_typed(item, "tool_call_id", str, "a string", prefix=prefix),
-        name=get_typed(item, "name", str, "a string", prefix=prefix),
-        thinking=get_typed(item, "reasoning_content", str, "a string", prefix=prefix)
-        or get_typed(item, "reasoning", str, "a string", prefix=prefix),
-    )
-
-
-def _parse_content(value: Any, name: str) -> tuple[str | None, list[ImagePart]]:
-    """Text parts are joined with no separator, as OpenAI does; images are kept apart for the service."""
-    if value is None or isinstance(value, str):
-        return value, []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `{name}`: expected a string, an array of content parts or null, "
-                      f"got {type_name(value)}.", name)
-    texts: list[str] = []
-    images: list[ImagePart] = []
-    for j, part in enumerate(value):
-        text, image = _parse_part(part, f"{name}[{j}]")
-        if text is not None:
-            texts.append(text)
-        if image is not None:
-            images.append(image)
-    return "".join(texts), images
-
-
-def _parse_part(part: Any, name: str) -> tuple[str | None, ImagePart | None]:
-    if not isinstance(part, dict):
-        raise invalid(f"Invalid type for `{name}`: expected a content part object, got {type_name(part)}.", name)
-    prefix = name + "."
-    kind = get_typed(part, "type", str, "a string", required=True, prefix=prefix)
-    if kind == "text":
-        return get_typed(part, "text", str, "a string", required=True, prefix=prefix), None
-    if kind == "image_url":
-        return None, ImagePart(_parse_image_url(part.get("image_url"), prefix + "image_url"))
-    raise invalid(f"Invalid value for `{prefix}type`: expected 'text' or 'image_url', got {kind!r}.", prefix + "type")
-
-
-def _parse_image_url(value: Any, name: str) -> str:
-    """Some clients send the URL as a bare string instead of `{"url": ...}`; both are accepted."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict):
-        return get_typed(value, "url", str, "a string", required=True, prefix=name + ".")
-    raise invalid(f"Invalid value for `{name}`: expected an object with a `url`.", name)
-
-
-def parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `{name}`: expected an array, got {type_name(value)}.", name)
-    return [_parse_tool_call(call, f"{name}[{k}]") for k, call in enumerate(value)]
-
-
-def _parse_tool_call(call: Any, name: str) -> ToolCall:
-    """`arguments` stays a string internally; an object (what Ollama and some other clients send) is
-    re-encoded."""
-    if not isinstance(call, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(call)}.", name)
-    function = get_typed(call, "function", dict, "an object", required=True, prefix=name + ".")
-    prefix = name + ".function."
-    arguments = get_typed(function, "arguments", (str, dict), "a JSON string", default="", prefix=prefix)
-    if isinstance(arguments, dict):
-        arguments = compact_json(arguments)
-    return ToolCall(
-        id=get_typed(call, "id", str, "a string", default="", prefix=name + "."),
-        name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
-        arguments=arguments,
-    )
-
-
-def parse_tools(value: Any) -> list[Tool]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `tools`: expected an array, got {type_name(value)}.", "tools")
-    return [_parse_tool(tool, f"tools[{i}]") for i, tool in enumerate(value)]
-
-
-def _parse_tool(tool: Any, name: str) -> Tool:
-    if not isinstance(tool, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
-    kind = get_typed(tool, "type", str, "a string", default="function", prefix=name + ".")
-    if kind != "function":
-        raise invalid(f"Invalid value for `{name}.type`: expected 'function', got {kind!r}.", name + ".type")
-    function = get_typed(tool, "function", dict, "an object", required=True, prefix=name + ".")
-    prefix = name + ".function."
-    return Tool(
-        name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
-        description=get_typed(function, "description", str, "a string", default="", prefix=prefix),
-        parameters=get_typed(function, "parameters", dict, "an object", default={}, prefix=prefix),
-        strict=get_typed(function, "strict", bool, "a boolean", default=False, prefix=prefix),
-    )
-
-
-def parse_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
-    """A named function must be one of `tools`: forcing a call to a function the model was never shown would
-    fail later with a far less helpful message."""
-    if value is None:
-        return "auto"
-    if isinstance(value, str) and value in TOOL_CHOICES:
-        return value
-    if isinstance(value, dict) and value.get("type", "function") == "function":
-        function = get_typed(value, "function", dict, "an object", required=True, prefix="tool_choice.")
-        fname = get_typed(function, "name", str, "a string", required=True, prefix="tool_choice.function.")
-        if fname not in {tool.name for tool in tools}:
-            raise invalid(f"Invalid value for `tool_choice.function.name`: {fname!r} is not one of `tools`.",
-                          "tool_choice.function.name")
-        return fname
-    raise invalid("Invalid value for `tool_choice`: expected 'none', 'auto', 'required' or "
-                  '{"type": "function", "function": {"name": ...}}.', "tool_choice")
-
-
-def parse_response_format(value: Any) -> Constraint | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise invalid(f"Invalid type for `response_format`: expected an object, got {type_name(value)}.",
-                      "response_format")
-    kind = get_typed(value, "type", str, "a string", required=True, prefix="response_format.")
-    if kind == "text":
-        return None
-    if kind == "json_object":  # huggingface_hub rewrites json_schema to TGI's {"type": "json_object", "value"}
-        schema = get_typed(value, "value", dict, "an object", prefix="response_format.")
-        return Constraint("json_schema", schema) if schema else Constraint("json")
-    if kind == "json_schema":
-        return _parse_json_schema(value)
-    raise invalid("Invalid value for `response_format.type`: expected 'text', 'json_object' or 'json_schema', "
-                  f"got {kind!r}.", "response_format.type")
-
-
-def _parse_json_schema(value: dict[str, Any]) -> Constraint:
-    """A json_schema without `schema` still asks for JSON, so it degrades to any JSON object."""
-    spec = get_typed(value, "json_schema", dict, "an object", required=True, prefix="response_format.")
-    schema = get_typed(spec, "schema", dict, "an object", prefix="response_format.json_schema.")
-    return Constraint("json_schema", schema) if schema is not None else Constraint("json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -627,14 +448,28 @@ def render_health(result: HealthResult, req: InternalRequest, ctx: RequestContex
 def render_error(err: GatewayError) -> tuple[int, dict[str, Any]]:
     status, kind = ERRORS.get(err.kind, (500, "server_error"))
     code = err.code or DEFAULT_CODES.get(err.kind)
-    return status, {"error": {"message": err.message, "type": kind, "param": err.param, "code": code}}
+    message = overflow_message(err) if err.kind is ErrorKind.CONTEXT_OVERFLOW else err.message
+    return status, {"error": {"message": message, "type": kind, "param": err.param, "code": code}}
+
+
+def overflow_message(err: GatewayError) -> str:
+    """OpenAI's wording for a prompt (and max_tokens) over the context, from the error's facts."""
+    limit, prompt, output = (err.details.get(k) for k in ("limit", "prompt_tokens", "max_tokens"))
+    if limit is None or prompt is None:
+        return err.message
+    if output is None:
+        return (f"This model's maximum context length is {limit} tokens. However, your prompt has {prompt} "
+                "tokens. Please reduce the length of the prompt.")
+    return (f"This model's maximum context length is {limit} tokens. However, you requested {prompt + output} "
+            f"tokens ({prompt} in the prompt, {output} for the completion). Please reduce the length of the "
+            "prompt or the maximum number of tokens.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Streaming
 
 
-class OpenAIStream:
+class OpenAIStream(BaseStream):
     """What chat and completion streams share: one id and `created` on every chunk, `usage: null` on every chunk
     when the client asked for a usage chunk, that usage chunk last before `[DONE]`, and nothing after the end."""
 
@@ -642,32 +477,21 @@ class OpenAIStream:
     id_prefix = ""
 
     def __init__(self, req: InternalRequest, ctx: RequestContext):
+        super().__init__(req, ctx)
         self.req = req
         self.id = f"{self.id_prefix}{ctx.request_id}"
         self.created = ctx.created
         self.include_usage = bool(req.render.get("include_usage"))
-        self.closed = False
 
-    def start(self) -> list[Frame]:
-        return []
-
-    def feed(self, event: OutputEvent) -> list[Frame]:
-        if self.closed:
-            return []
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, Done):
             return self._done(event)
         if isinstance(event, ChoiceDone):
             return [self.chunk([self.finish_choice(event)])]
         return self.delta(event)
 
-    def error(self, err: GatewayError) -> list[Frame]:
-        if self.closed:
-            return []
-        self.closed = True
+    def error_frames(self, err: GatewayError) -> list[Frame]:
         return [sse(render_error(err)[1]), DONE_FRAME]
-
-    def keepalive(self) -> list[Frame]:
-        return [SSE_KEEPALIVE]
 
     def chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> Frame:
         data: dict[str, Any] = {
@@ -780,5 +604,6 @@ ROUTES: list[Route] = [
           name="openai.models"),
     Route("GET", "/v1/models/<path:model>", FAMILY, parse_show_model, render_model, render_error, body="none",
           name="openai.model"),
-    Route("GET", "/health", FAMILY, parse_health, render_health, render_error, body="none", name="openai.health"),
+    Route("GET", "/health", FAMILY, parse_health, render_health, render_error, body="none", name="openai.health",
+          public=True),
 ]

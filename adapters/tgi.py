@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from adapters.base import (
+    BaseStream,
     Frame,
     RequestContext,
     Route,
@@ -441,40 +442,31 @@ def sse_data(obj: Any) -> Frame:
     return b"data:" + compact_json(obj).encode() + b"\n\n"
 
 
-class TGIStream:
+class TGIStream(BaseStream):
     """One event per generated token, numbered from 1; the last one carries `generated_text` (and `details` when
     asked). Each token event is held until the next token or the end arrives, so that the last token is the final
     event, as in TGI. Text that arrives without a token (held back for a stop string, released at the end) is
     added to the held token's text, so the token texts always add up to the generated text."""
 
+    idle_frame = KEEPALIVE
+
     def __init__(self, req: InternalRequest, ctx: RequestContext):
+        super().__init__(req, ctx)
         self.req = req
         self.held: dict[str, Any] | None = None
         self.loose_text = ""
         self.generated = ""
         self.count = 0
-        self.closed = False
 
-    def start(self) -> list[Frame]:
-        return []
-
-    def feed(self, event: OutputEvent) -> list[Frame]:
-        if self.closed:
-            return []
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, TextDelta):
             return self._delta(event)
         if isinstance(event, ChoiceDone):
             return self._finish(event)
         return []
 
-    def error(self, err: GatewayError) -> list[Frame]:
-        if self.closed:
-            return []
-        self.closed = True
+    def error_frames(self, err: GatewayError) -> list[Frame]:
         return [*self._release(), sse_data(render_error(err)[1])]
-
-    def keepalive(self) -> list[Frame]:
-        return [KEEPALIVE]
 
     def _delta(self, event: TextDelta) -> list[Frame]:
         """The whole delta's text goes on its last token: a delta carries one token in practice, and several only

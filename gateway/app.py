@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from flask import Flask
 
 from adapters import claude, ollama, openai, tgi, vllm
+from gateway.backends.local import LocalBackend, estimate_bytes, vram_bytes
+from gateway.backends.pool import ModelPool, PoolSettings
 from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.pool import ModelPool, PoolSettings
 from gateway.metrics import Metrics
 from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
 from gateway.monitor import register_monitor
-from gateway.prompts import PromptBuilder
 from gateway.routes import register_fallbacks, register_routes
 from gateway.service import Service
 from gateway.tracker import Tracker
@@ -44,17 +44,22 @@ class Gateway:
 def build_gateway(settings: Settings) -> Gateway:
     registry = ModelRegistry.discover(settings.models_dirs, settings.models, settings.aliases,
                                       include_embedded=settings.embedded_model, ollama_root=store_root(settings))
+    pool_settings = PoolSettings(keep_alive=settings.keep_alive, max_loaded_models=settings.max_loaded_models,
+                                 memory_budget=memory_budget_bytes(settings))
+
+    def start_backend(spec, executor_settings):  # a runner process per loaded model
+        return LocalBackend(spec, executor_settings, settings.context_overflow, settings.log_level,
+                            pool_settings.load_timeout)
+
     pool = ModelPool(
         ExecutorSettings(parallel=settings.parallel, n_ctx=settings.n_ctx or None, n_batch=settings.n_batch,
                          prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
                          max_queue=settings.max_queue),
-        PoolSettings(keep_alive=settings.keep_alive, max_loaded_models=settings.max_loaded_models,
-                     memory_budget=memory_budget_bytes(settings)))
+        pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry)
-    metrics = Metrics() if settings.metrics else None
-    tracker = Tracker(settings.request_history, metrics)
-    service = Service(registry, pool, settings.keepalive_seconds, PromptBuilder(settings.context_overflow), changes,
-                      tracker)
+    tracker = Tracker(settings.request_history)
+    metrics = Metrics(tracker) if settings.metrics else None
+    service = Service(registry, pool, settings.keepalive_seconds, changes, tracker)
     return Gateway(settings, registry, pool, service, tracker, metrics)
 
 

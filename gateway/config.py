@@ -44,7 +44,8 @@ SETTINGS: list[Setting] = [
     Setting("models", [], list, "Models with their own settings: name, path, aliases, parallel, n_ctx, "
                                 "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads, repack (weights "
                                 "repacked for the CPU: default on, off on CPUs with AMX, where llama.cpp #20824 "
-                                "crashes), keep_alive, pinned, system, parameters (Ollama option names: temperature, stop, num_ctx...)."),
+                                "crashes), keep_alive, pinned, system, parameters (Ollama option names: "
+                                "temperature, stop, num_ctx...)."),
     Setting("ollama_models", "auto", str, "An Ollama model store to serve: 'auto' ($OLLAMA_MODELS, else "
                                           "~/.ollama/models if it exists), 'off', or a folder."),
     Setting("ollama_registry", "https://registry.ollama.ai", str,

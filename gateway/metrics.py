@@ -1,4 +1,5 @@
-"""Prometheus metrics at `/metrics`, fed by the tracker's records and read from the model pool at scrape time.
+"""Prometheus metrics at `/metrics`: fed by listening to the tracker, and read from the tracker's request counts
+and the model pool at scrape time.
 
 Names start with `llm_gateway_` and carry their unit; labels take only bounded values: the family, the route's
 path pattern, the resolved model name (empty while a request's model is unknown, so a client cannot mint label
@@ -9,13 +10,10 @@ several apps can live in one process (the tests build many).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-
-if TYPE_CHECKING:
-    from gateway.tracker import Record
 
 PoolView = Callable[[], "list[dict[str, Any]]"]
 Counts = Callable[[], "dict[str, int]"]
@@ -26,14 +24,38 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+class Record(Protocol):
+    """What the metrics read of a tracker's record; the tracker's `Record` has these among its fields. Times are
+    `time.monotonic()` seconds."""
+
+    api: str
+    endpoint: str
+    model: str
+    model_resolved: bool
+    status: str
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    opened: float
+    started_at: float | None
+    first_token_at: float | None
+    finished_at: float | None
+
+
+class Source(Protocol):
+    """A tracker, as far as the metrics need one: it tells one listener of its records' transitions."""
+
+    def listen(self, listener: Metrics) -> None: ...
+
+
 def model_label(record: Record) -> str:
     return record.model if record.model_resolved else ""
 
 
 class Metrics:
-    """The request metrics (updated by `Record` calls) plus, once `watch` is called, the live gauges."""
+    """The request metrics (told of each record's start, tokens and end by the tracker they listen to) plus,
+    once `watch` is called, the live gauges."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: Source) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("llm_gateway_requests", "Finished generation requests by family, endpoint, model "
@@ -55,8 +77,9 @@ class Metrics:
                                         registry=r)
         self._lock = threading.Lock()
         self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
+        tracker.listen(self)
 
-    # -- fed by the tracker's records ------------------------------------------------------------------------
+    # -- told by the tracker, outside its lock ---------------------------------------------------------------
 
     def started(self, record: Record) -> None:
         model = model_label(record)

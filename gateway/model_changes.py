@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from gateway.engine.pool import ModelPool
+from gateway.backends.pool import ModelPool
 from gateway.models.ollama_store import OllamaStore
 from gateway.models.registry import ModelRegistry
 from gateway.models.registry_client import RegistryClient

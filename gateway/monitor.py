@@ -16,7 +16,6 @@ URL (where logs and browser history would keep it).
 from __future__ import annotations
 
 import collections
-import secrets
 import time
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 
 from adapters.base import SSE_KEEPALIVE, Frame, compact_json, sse
 from gateway import __version__
+from gateway.auth import key_ok
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
 from gateway.routes import client_gone_probe, stream_frames, stream_response
@@ -46,7 +46,7 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
 
     def guarded(view: Callable[..., Response]) -> Callable[..., Response]:
         def checked(**params: str) -> Response:
-            if api_keys and not _key_ok(api_keys):
+            if not key_ok(request.headers, api_keys):
                 return _error(401, "Invalid or missing API key.")
             return view(**params)
 
@@ -104,13 +104,6 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
             return Response(body, mimetype=None, content_type=content_type)
 
     app.register_blueprint(views)
-
-
-def _key_ok(api_keys: list[str]) -> bool:
-    """The same rule as the API routes: `Authorization: Bearer KEY` or `x-api-key: KEY`."""
-    auth = request.headers.get("Authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    return any(secrets.compare_digest(key, k) for k in api_keys)
 
 
 def _json(body: Any, status: int = 200) -> Response:

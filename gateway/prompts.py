@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from gateway.engine.executor import Executor
+from gateway.engine.llama import LlamaModel
 from gateway.engine.template import DEFAULT_TEMPLATE, ChatTemplate
 from gateway.models.registry import ModelSpec
 from gateway.types import MODEL_PARAMETERS, ErrorKind, GatewayError, InternalRequest, Message, SamplingParams
@@ -37,34 +37,32 @@ class PromptBuilder:
         self.context_overflow = context_overflow  # 'truncate' honours drop_turns requests; 'error' refuses
         self._templates: dict[str, ChatTemplate] = {}
 
-    def prepare(self, req: InternalRequest, spec: ModelSpec, executor: Executor) -> PreparedPrompts:
-        window = self.window(req, spec, executor)
+    def prepare(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel, n_ctx: int) -> PreparedPrompts:
+        window = self.window(req, spec, n_ctx)
         if req.kind == "chat":
-            return self._chat(req, spec, executor, window)
-        model = executor.model
+            return self._chat(req, spec, model, window)
         prompts = []
         for prompt in req.prompts:
             if isinstance(prompt, list):
                 check_token_ids([prompt], model.n_vocab, "prompt")
                 prompts.append(Prompt(model.detokenize(prompt), prompt))
             elif req.suffix is not None:
-                prompts.append(self._fill_in_middle(prompt, req.suffix, spec, executor))
+                prompts.append(self._fill_in_middle(prompt, req.suffix, spec, model))
             else:
                 prompts.append(Prompt(prompt, model.tokenize(prompt, model.add_bos and req.add_special_tokens,
                                                              True)))
         return PreparedPrompts([_cut(p, req.truncate_tokens) for p in prompts], window)
 
-    def window(self, req: InternalRequest, spec: ModelSpec, executor: Executor) -> int:
+    def window(self, req: InternalRequest, spec: ModelSpec, n_ctx: int) -> int:
         """The context this request may use: the model's, capped by the request's (or model's) num_ctx. A
         smaller num_ctx never reloads the model; it only bounds this request."""
         num_ctx = req.num_ctx or spec.parameters.get("num_ctx")
-        return min(executor.n_ctx, num_ctx) if isinstance(num_ctx, int) and num_ctx > 0 else executor.n_ctx
+        return min(n_ctx, num_ctx) if isinstance(num_ctx, int) and num_ctx > 0 else n_ctx
 
-    def render_chat(self, req: InternalRequest, spec: ModelSpec, executor: Executor,
+    def render_chat(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel,
                     messages: list[Message] | None = None) -> Prompt:
         messages = with_default_system(req.messages if messages is None else messages, spec)
-        template = self._template(spec, executor)
-        model = executor.model
+        template = self._template(spec, model)
         if req.continue_final_message and messages and messages[-1].role == "assistant":
             text = _open_last_message(template.render(messages, req.tools or None, False, **req.template_kwargs),
                                       messages[-1].content or "")
@@ -74,11 +72,11 @@ class PromptBuilder:
                                                                      text.startswith(model.bos_text))
         return Prompt(text, model.tokenize(text, add_bos, True))
 
-    def _chat(self, req: InternalRequest, spec: ModelSpec, executor: Executor, window: int) -> PreparedPrompts:
+    def _chat(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel, window: int) -> PreparedPrompts:
         if any(m.images for m in req.messages) and not spec.projector:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"The model `{spec.name}` does not accept images.",
                                "messages")
-        prompt = _cut(self.render_chat(req, spec, executor), req.truncate_tokens)
+        prompt = _cut(self.render_chat(req, spec, model), req.truncate_tokens)
         messages, dropped = list(req.messages), 0
         droppable = req.truncate == "drop_turns" and self.context_overflow == "truncate"
         while droppable and len(prompt.tokens) >= window:
@@ -87,14 +85,13 @@ class PromptBuilder:
                 break
             del messages[index]
             dropped += 1
-            prompt = self.render_chat(req, spec, executor, messages)
+            prompt = self.render_chat(req, spec, model, messages)
         if dropped:
             log.info("dropped the %d oldest turns of a chat to fit %d tokens (%d left)", dropped, window,
                      len(prompt.tokens))
         return PreparedPrompts([prompt], window, dropped)
 
-    def _fill_in_middle(self, prefix: str, suffix: str, spec: ModelSpec, executor: Executor) -> Prompt:
-        model = executor.model
+    def _fill_in_middle(self, prefix: str, suffix: str, spec: ModelSpec, model: LlamaModel) -> Prompt:
         if model.fim is None:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"The model `{spec.name}` does not support insert "
                                                           "(it has no fill-in-the-middle tokens).", "suffix")
@@ -103,17 +100,13 @@ class PromptBuilder:
         return Prompt(prefix, [*bos, pre, *model.tokenize(prefix, False, False), suf,
                                *model.tokenize(suffix, False, False), mid])
 
-    def _template(self, spec: ModelSpec, executor: Executor) -> ChatTemplate:
+    def _template(self, spec: ModelSpec, model: LlamaModel) -> ChatTemplate:
         template = self._templates.get(spec.name)
         if template is None:
-            source = executor.model.chat_template() or DEFAULT_TEMPLATE
-            template = ChatTemplate(source, executor.model.bos_text, executor.model.eos_text)
+            source = model.chat_template() or DEFAULT_TEMPLATE
+            template = ChatTemplate(source, model.bos_text, model.eos_text)
             self._templates[spec.name] = template
         return template
-
-    def forget(self, name: str) -> None:
-        """A model was unloaded (it may come back as another file under the same name)."""
-        self._templates.pop(name, None)
 
 
 def with_default_system(messages: list[Message], spec: ModelSpec) -> list[Message]:

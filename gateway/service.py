@@ -1,8 +1,6 @@
-"""The only place that knows both sides: resolve the model, render and tokenize the prompt, submit one engine
-job per choice, and turn engine events into `OutputEvent`s (or a finished result) for any adapter.
-
-Every request runs on its HTTP thread; this code does the light per-request work (templating, tokenizing) there,
-and the engine thread only decodes.
+"""The only place that knows both sides: resolve the model, admit the request on a model's `Backend`, follow it
+in its tracker record, and turn the backend's token events into `OutputEvent`s (or a finished result) for any
+adapter. Nothing here knows which engine serves a model.
 """
 
 from __future__ import annotations
@@ -11,15 +9,15 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from gateway import __version__
-from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Prefilled, Started
-from gateway.engine.pool import Lease, ModelPool
+from gateway.backends.base import GenerationRun
+from gateway.backends.pool import Lease, ModelPool
+from gateway.engine.jobs import Finished, Piece, Prefilled, Started
 from gateway.model_changes import ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
-from gateway.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.tracker import Record, Tracker
 from gateway.types import (
     Choice,
@@ -42,7 +40,6 @@ from gateway.types import (
     RunningModel,
     TextDelta,
     Timings,
-    TokenizeResult,
     Usage,
     VersionResult,
 )
@@ -110,20 +107,11 @@ ClientGone = Callable[[], bool]
 
 
 @dataclass
-class _Choice:
-    index: int
-    prompt_text: str
-    count_prompt: bool
-
-
-@dataclass
 class Generation:
     """The running choices of one request; iterate for events, `close()` cancels whatever is still running
     and lets go of the model (with the request's keep_alive)."""
 
-    handles: list[JobHandle]
-    sink: queue.SimpleQueue
-    choices: list[_Choice]
+    run: GenerationRun
     lease: Lease
     keep_alive: float | None
     echo: bool
@@ -136,21 +124,18 @@ class Generation:
         return self.lease.load_seconds
 
     def close(self) -> None:
-        for handle in self.handles:
-            handle.cancel()
+        self.run.close()
         self.lease.release(self.keep_alive)
         self.record.finish("cancelled")  # ignored if the generation already ended
 
 
 class Service:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0,
-                 prompts: PromptBuilder | None = None, changes: ModelChanges | None = None,
-                 tracker: Tracker | None = None):
+                 changes: ModelChanges | None = None, tracker: Tracker | None = None):
         self.tracker = tracker or Tracker()
         self.registry = registry
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
-        self.prompts = prompts or PromptBuilder()
         self.changes = changes or ModelChanges(registry, pool, None)
 
     def resolve(self, name: str) -> ModelSpec:
@@ -191,30 +176,19 @@ class Service:
             if kind == "load_model":
                 return LoadResult(spec.name, "load")
             if kind == "tokenize":
-                return self._tokenize(req, spec, lease)
+                return lease.backend.tokenize(req, spec)
             if kind == "detokenize":
-                return self._detokenize(req, lease)
+                tokens = req.prompts[0] if req.prompts and isinstance(req.prompts[0], list) else []
+                return DetokenizeResult(lease.backend.detokenize(tokens))
         finally:
             lease.release(req.keep_alive)
         raise GatewayError(ErrorKind.INTERNAL, f"Unknown query kind {kind}.")
 
     def _running(self, entry) -> RunningModel:
-        info = self.registry.info(entry.spec, True, entry.executor.n_ctx)
-        return RunningModel(info, entry.size, entry.size_vram, entry.expires_at_epoch(), entry.executor.n_ctx)
-
-    def _tokenize(self, req: InternalRequest, spec: ModelSpec, lease: Lease) -> TokenizeResult:
-        model = lease.executor.model
-        if req.messages:
-            tokens = self.prompts.render_chat(req, spec, lease.executor).tokens
-        else:
-            text = req.prompts[0] if req.prompts else ""
-            tokens = model.tokenize(text, model.add_bos and req.add_special_tokens, True)
-        return TokenizeResult(tokens, [model.token_text(t) for t in tokens], lease.executor.n_ctx, spec.name)
-
-    def _detokenize(self, req: InternalRequest, lease: Lease) -> DetokenizeResult:
-        tokens = req.prompts[0] if req.prompts and isinstance(req.prompts[0], list) else []
-        check_token_ids([tokens], lease.executor.model.n_vocab, "tokens")
-        return DetokenizeResult(lease.executor.model.detokenize(tokens))
+        status = entry.backend.describe()
+        info = self.registry.info(entry.spec, True, status.n_ctx)
+        return RunningModel(info, entry.size, entry.size_vram, entry.expires_at_epoch(), status.n_ctx,
+                            runner=_runner_facts(status))
 
     def embed(self, req: InternalRequest, record: Record) -> EmbeddingResult:
         started = time.monotonic()
@@ -222,16 +196,7 @@ class Service:
         record.set_model(spec.name)
         lease = self.pool.acquire(spec, req.load_options, on_loading=record.loading)
         try:
-            executor = lease.executor
-            model = executor.model
-            inputs = [p if isinstance(p, list) else model.tokenize(p, model.add_bos, False) for p in req.prompts]
-            check_token_ids(inputs, model.n_vocab, "input")
-            keep = req.truncate_tokens or (executor.embedding_window if req.truncate == "drop_turns" else None)
-            if keep:  # TGI/vLLM: a given length; Ollama's `truncate`: the window (the input's start is kept)
-                inputs = [tokens[:keep] for tokens in inputs]
-            n = sum(len(t) for t in inputs)
-            record.started(n, 0, None)
-            vectors = executor.embed(inputs)
+            vectors, n = lease.backend.embed(req, spec, on_started=lambda n: record.started(n, 0, None))
         finally:
             lease.release(req.keep_alive)
         record.finish("completed", "stop")
@@ -259,49 +224,20 @@ class Service:
     # -- generation ------------------------------------------------------------------------------------------
 
     def start(self, req: InternalRequest, record: Record) -> Generation:
-        """Tokenize and submit every choice; errors that can be known before decoding are raised here. The
-        record follows the request through loading, queueing, prompt and generation."""
+        """Submit every choice to the model's backend; errors that can be known before decoding are raised here.
+        The record follows the request through loading, queueing, prompt and generation."""
         spec = self.resolve(req.model)
         record.set_model(spec.name)
         lease = self.pool.acquire(spec, req.load_options, on_loading=record.loading)
-        sink: queue.SimpleQueue = queue.SimpleQueue()
-        gen = Generation([], sink, [], lease, req.keep_alive, req.echo, record)
         try:
-            prepared = self.prompts.prepare(req, spec, lease.executor)
-            sampling = with_model_defaults(req.sampling, spec)
-            # vLLM echoes a chat's last message, not the rendered template
-            echo_text = (req.messages[-1].content or "") if req.kind == "chat" and req.messages else ""
-            for p_index, prompt in enumerate(prepared.prompts):
-                for j in range(req.n):
-                    job = self._job(req, sampling, prompt.tokens, prepared.window, j)
-                    index = p_index * req.n + j
-                    gen.handles.append(lease.executor.submit(job, sink, tag=index))
-                    gen.choices.append(_Choice(index, echo_text or prompt.text, count_prompt=(j == 0)))
+            run = lease.backend.generate(req, spec)
         except BaseException:
-            gen.close()
+            lease.release(req.keep_alive)
             raise
-        first, executor = gen.handles[0], lease.executor
-        record.queued(lambda: executor.queue_position(first))
+        gen = Generation(run, lease, req.keep_alive, req.echo, record)
+        record.queued(run.queue_position)
         record.on_cancel(gen.close)
         return gen
-
-    def _job(self, req: InternalRequest, sampling, tokens: list[int], window: int, choice: int) -> GenerationJob:
-        if choice and sampling.seed is not None:  # n > 1 with a seed: distinct yet reproducible choices
-            sampling = replace(sampling, seed=sampling.seed + choice)
-        room = window - len(tokens)
-        if room <= 0:
-            raise GatewayError(
-                ErrorKind.CONTEXT_OVERFLOW,
-                f"This model's maximum context length is {window} tokens. However, your prompt has {len(tokens)} "
-                f"tokens. Please reduce the length of the prompt.", "messages",
-                details={"limit": window, "prompt_tokens": len(tokens)})
-        max_tokens = sampling.max_tokens
-        clip = req.clip_max_tokens or req.truncate == "drop_turns"
-        if max_tokens is None or (clip and max_tokens > room):
-            max_tokens = room  # Ollama's num_predict and Anthropic's max_tokens are caps, never reasons to refuse
-        logprobs = sampling.top_logprobs if sampling.logprobs else None
-        return GenerationJob(prompt=tokens, sampling=sampling, max_tokens=max_tokens, stop=sampling.stop,
-                             logprobs=logprobs)
 
     def events(self, gen: Generation, client_gone: ClientGone | None = None
                ) -> Iterator[OutputEvent | KeepAlive | ProgressNote]:
@@ -313,12 +249,12 @@ class Service:
         next_note = 0.0  # when a progress note is next due while generating; 0: at the first token
         if gen.progress:
             yield ProgressNote(record.to_json())
-        running = len(gen.handles)
-        by_index = {c.index: c for c in gen.choices}
+        running = len(gen.run.choices)
+        by_index = {c.index: c for c in gen.run.choices}
         quiet_since = next_probe = time.monotonic()
         while running:
             try:
-                index, event = gen.sink.get(timeout=PROBE_SECONDS)
+                index, event = gen.run.events.get(timeout=PROBE_SECONDS)
             except queue.Empty:
                 index, event = -1, None
             now = time.monotonic()
@@ -346,7 +282,7 @@ class Service:
                     yield ProgressNote(record.to_json())
             elif isinstance(event, Started):
                 if by_index[index].count_prompt:
-                    record.started(event.prompt_tokens, event.cached_tokens, gen.handles[0].job.max_tokens)
+                    record.started(event.prompt_tokens, event.cached_tokens, gen.run.max_tokens)
                     if gen.progress:
                         yield ProgressNote(record.to_json())
                     yield PromptStarted(index, event.prompt_tokens, event.cached_tokens)
@@ -373,7 +309,7 @@ class Service:
 
     def complete(self, gen: Generation, client_gone: ClientGone | None = None) -> GenerationResult:
         """Run a generation to its end and gather it into one result (non-streaming responses)."""
-        choices = {c.index: Choice(c.index) for c in gen.choices}
+        choices = {c.index: Choice(c.index) for c in gen.run.choices}
         done = None
         try:
             for event in self.events(gen, client_gone):
@@ -395,5 +331,16 @@ class Service:
 
 
 def _n_ctx(loaded: dict, name: str) -> int:
-    executor = loaded.get(name)
-    return executor.n_ctx if executor is not None else 0
+    backend = loaded.get(name)
+    return backend.n_ctx if backend is not None else 0
+
+
+def _runner_facts(status) -> dict:
+    """The engine's health as `/api/ps` shows it beside Ollama's fields (clients ignore keys they do not know)."""
+    facts = {"kind": status.kind, "health": status.health, "pid": status.pid, "weight_repacking": status.repack,
+             "restarts": status.restarts, "crashes": len(status.crashes)}
+    if status.crashes:
+        facts["last_crash"] = status.crashes[-1]["reason"]
+    if status.note:
+        facts["note"] = status.note
+    return facts

@@ -3,7 +3,11 @@
 The service opens a `Record` when a request reaches it and reports each phase on it: waiting for the model to
 load, queued for a sequence, prompt processing, generating, done. Records of running requests stay in `active`;
 finished ones move to a bounded history. Every `Record` method is a few assignments under one lock (the hot path
-calls `tokens` once per token), and metrics are fed from the same calls.
+calls `tokens` once per token).
+
+One `Listener` may `listen` to the tracker: it is told of every start, every token report and every end as it
+happens, outside the lock, for counters and latencies that a read at its own pace would miss. The tracker knows
+no more of it than that.
 
 Watchers (`/api/events`) `subscribe` and get an event for every change of status or phase; token counts are not
 pushed per token but read by the watcher at its own pace (`Tracker.active`).
@@ -16,10 +20,7 @@ import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    from gateway.metrics import Metrics
+from typing import Any, Callable, Protocol
 
 STATUSES = ("queued", "running", "completed", "cancelled", "failed")
 FINAL_STATUSES = ("completed", "cancelled", "failed")
@@ -28,6 +29,17 @@ SUBSCRIBER_QUEUE = 1000  # events a slow watcher may fall behind before it is se
 ABANDONED_SECONDS = 60.0  # a watcher that overflowed and has not read for this long is dropped
 
 Event = tuple[str, Any]
+
+
+class Listener(Protocol):
+    """Told of a record's transitions, on the reporting thread, after the tracker's lock is released."""
+
+    def started(self, record: Record) -> None: ...
+
+    def tokens(self, record: Record, count: int, gap: float | None) -> None:
+        """`gap`: seconds since the record's previous token report; None on the first report."""
+
+    def finished(self, record: Record) -> None: ...
 
 
 def rfc3339(epoch: float | None) -> str | None:
@@ -98,8 +110,8 @@ class Record:
             self.max_tokens = max_tokens
             self._position = None
         self._tracker.publish_change(self)
-        if self._tracker.metrics is not None:
-            self._tracker.metrics.started(self)
+        if self._tracker.listener is not None:
+            self._tracker.listener.started(self)
 
     def prompt_progress(self, done: int) -> None:
         with self._tracker.lock:
@@ -124,8 +136,8 @@ class Record:
             self._tracker.throughput.add(count)
         if first:
             self._tracker.publish_change(self)
-        if self._tracker.metrics is not None:
-            self._tracker.metrics.tokens(self, count, gap)
+        if self._tracker.listener is not None:
+            self._tracker.listener.tokens(self, count, gap)
 
     def finish(self, status: str, finish_reason: str | None = None, error: str | None = None) -> None:
         """The end, once. A request cancelled through `Tracker.cancel` is recorded as cancelled even if its
@@ -144,8 +156,8 @@ class Record:
             self._cancel = None
             self._tracker.retire(self)
         self._tracker.publish_change(self)
-        if self._tracker.metrics is not None:
-            self._tracker.metrics.finished(self)
+        if self._tracker.listener is not None:
+            self._tracker.listener.finished(self)
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """How to stop this request; called at once if a cancel was asked for before it was set."""
@@ -265,9 +277,9 @@ class Subscription:
 
 
 class Tracker:
-    def __init__(self, history: int = 1000, metrics: Metrics | None = None):
+    def __init__(self, history: int = 1000):
         self.lock = threading.Lock()
-        self.metrics = metrics
+        self.listener: Listener | None = None
         self.throughput = Throughput()
         self._history_size = max(history, 0)
         self._active: dict[str, Record] = {}
@@ -334,6 +346,14 @@ class Tracker:
         return record is not None and record.request_cancel()
 
     # -- watchers ------------------------------------------------------------------------------------------------
+
+    def listen(self, listener: Listener) -> None:
+        """Tell `listener` of every record's start, token reports and end from now on. One listener only: the
+        hot path calls it directly, where looping over several would cost an iterator per generated token."""
+        with self.lock:
+            if self.listener is not None:
+                raise RuntimeError("the tracker already has a listener")
+            self.listener = listener
 
     def subscribe(self) -> Subscription:
         """A queue of request events for one watcher; `close()` it when the watcher leaves."""

@@ -40,6 +40,9 @@ class GatewayError(Exception):
     def __repr__(self) -> str:
         return f"GatewayError({self.kind.value}, {self.message!r}, param={self.param!r})"
 
+    def __reduce__(self):  # crosses the runner's pipe whole (Exception pickles only `args`)
+        return GatewayError, (self.kind, self.message, self.param, self.code, self.details)
+
 
 def invalid(message: str, param: str | None = None) -> GatewayError:
     """Shorthand for the most common error: a field with a wrong type or value."""
@@ -386,6 +389,7 @@ class RunningModel:
     size_vram: int
     expires_at: float | None
     context_length: int
+    runner: dict[str, Any] = field(default_factory=dict)  # the engine's health: pid, restarts, crashes, note
 
 
 @dataclass

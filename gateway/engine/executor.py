@@ -15,10 +15,20 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import llama_cpp
 
-from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Prefilled, Started
+from gateway.engine.jobs import (
+    Finished,
+    GenerationJob,
+    JobHandle,
+    Piece,
+    Prefilled,
+    Started,
+    check_fits,
+    check_queue,
+)
 from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
 from gateway.engine.prefix_cache import find_leader, held_prefixes, reuse_prefix
@@ -43,9 +53,11 @@ class ExecutorSettings:
 class Executor:
     """Runs one model. `submit` and `cancel` may be called from any thread; everything else runs in `_loop`."""
 
-    def __init__(self, name: str, path: str, settings: ExecutorSettings):
+    def __init__(self, name: str, path: str, settings: ExecutorSettings,
+                 after_step: Callable[[], None] | None = None):
         self.name = name
         self.settings = settings
+        self._after_step = after_step or (lambda: None)  # a runner sends a step's events in one message
         self.model = LlamaModel(path, settings.load or LoadParams())
         self.n_ctx = settings.n_ctx or min(self.model.n_ctx_train or 4096, 8192)
         self.parallel = max(1, min(settings.parallel, 256))
@@ -72,39 +84,37 @@ class Executor:
     def submit(self, job: GenerationJob, sink: queue.SimpleQueue | None = None, tag: int = 0) -> JobHandle:
         """Queue a job; refuse at once if it cannot fit the context or the wait queue is full."""
         self._check_fits(job)
-        handle = JobHandle(job, self._request_cancel, sink, tag)
+        handle = JobHandle(job, self.request_cancel, sink, tag)
         with self._submit_lock:
-            waiting = self._submitted - self._ended - self.parallel
-            if waiting >= self.settings.max_queue:
-                raise GatewayError(ErrorKind.OVERLOADED,
-                                   f"The server is busy: {waiting} requests are already waiting for `{self.name}`.")
+            check_queue(self.name, self._submitted - self._ended - self.parallel, self.settings.max_queue)
             self._submitted += 1
         self._inbox.put(("job", handle))
         return handle
 
-    def _check_fits(self, job: GenerationJob) -> None:
-        n_prompt = len(job.prompt)
-        if n_prompt == 0:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "The prompt is empty after tokenization.", "prompt")
-        if n_prompt + job.max_tokens > self.n_ctx:
-            raise GatewayError(
-                ErrorKind.CONTEXT_OVERFLOW,
-                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
-                f"{n_prompt + job.max_tokens} tokens ({n_prompt} in the prompt, {job.max_tokens} for the "
-                f"completion). Please reduce the length of the prompt or the maximum number of tokens.",
-                "messages", details={"limit": self.n_ctx, "prompt_tokens": n_prompt, "max_tokens": job.max_tokens})
+    def enqueue(self, handle: JobHandle) -> None:
+        """Queue a job its submitter has already checked (a runner's parent counts the queue itself)."""
+        with self._submit_lock:
+            self._submitted += 1
+        self._inbox.put(("job", handle))
 
-    def _request_cancel(self, handle: JobHandle) -> None:
+    def _check_fits(self, job: GenerationJob) -> None:
+        check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
+
+    def request_cancel(self, handle: JobHandle) -> None:
         self._inbox.put(("cancel", handle))
 
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """Embed token lists on the loop thread (it owns every context of this model); blocks the caller."""
         reply: queue.SimpleQueue = queue.SimpleQueue()
-        self._inbox.put(("embed", (inputs, reply)))
+        self.embed_into(inputs, reply)
         result = reply.get()
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def embed_into(self, inputs: list[list[int]], reply) -> None:
+        """Queue an embedding; the loop thread later calls `reply.put` with the vectors or the exception."""
+        self._inbox.put(("embed", (inputs, reply)))
 
     def stats(self) -> dict:
         """A racy but harmless snapshot for monitoring (read from other threads without locks)."""
@@ -138,9 +148,11 @@ class Executor:
                 self._admit()
                 if any(s.handle is not None for s in self._slots):
                     self._step()
+                self._after_step()
         except Exception as exc:  # a bug here must not leave request threads waiting forever
             log.exception("executor %s stopped", self.name)
             self._fail_everything(GatewayError(ErrorKind.INTERNAL, f"The model executor failed: {exc}"))
+            self._after_step()
         finally:
             self._free()
 

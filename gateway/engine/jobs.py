@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Union
 
-from gateway.types import GatewayError, SamplingParams, TokenLogprob
+from gateway.types import ErrorKind, GatewayError, SamplingParams, TokenLogprob
 
 
 @dataclass
@@ -89,3 +89,21 @@ class JobHandle:
     def cancel(self) -> None:
         if not self.finished:
             self._cancel(self)
+
+
+def check_fits(n_prompt: int, max_tokens: int, n_ctx: int) -> None:
+    """Refuse a job that cannot fit the context: the facts go in `details`, each family words its own message."""
+    if n_prompt == 0:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "The prompt is empty after tokenization.", "prompt")
+    if n_prompt + max_tokens > n_ctx:
+        raise GatewayError(
+            ErrorKind.CONTEXT_OVERFLOW,
+            f"The prompt ({n_prompt} tokens) and max_tokens ({max_tokens}) exceed the context of {n_ctx} tokens.",
+            "messages", details={"limit": n_ctx, "prompt_tokens": n_prompt, "max_tokens": max_tokens})
+
+
+def check_queue(model: str, waiting: int, max_queue: int) -> None:
+    """Refuse a job when `max_queue` jobs already wait for a sequence of `model`."""
+    if waiting >= max_queue:
+        raise GatewayError(ErrorKind.OVERLOADED, f"The server is busy: {waiting} requests are already waiting for "
+                                                 f"`{model}`.", details={"model": model, "waiting": waiting})

@@ -81,6 +81,7 @@ class LoadParams:
     tensor_split: list[float] | None = None
     use_mmap: bool = True
     repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU); see engine/cpu.py
+    vocab_only: bool = False  # the API process's copy: templates and tokens, no weights
     extra: dict = field(default_factory=dict)
 
 
@@ -94,6 +95,7 @@ class LlamaModel:
         mp.split_mode = SPLIT_MODES[params.split_mode]
         mp.main_gpu = params.main_gpu
         mp.use_extra_bufts = params.repack
+        mp.vocab_only = params.vocab_only
         if params.tensor_split:
             n_dev = llama_cpp.llama_max_devices()
             values = list(params.tensor_split)[:n_dev] + [0.0] * max(0, n_dev - len(params.tensor_split))

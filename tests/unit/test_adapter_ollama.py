@@ -585,14 +585,15 @@ def test_render_tags() -> None:
 
 
 def test_render_ps() -> None:
-    forever = RunningModel(INFO, size=200, size_vram=0, expires_at=None, context_length=4096)
+    forever = RunningModel(INFO, size=200, size_vram=0, expires_at=None, context_length=4096,
+                           runner={"pid": 42, "restarts": 1})
     soon = RunningModel(ModelInfo("other:q4", 1, digest="ef" * 32), size=10, size_vram=10,
                         expires_at=1700000300.25, context_length=2048)
     out = om.render_ps(RunningList([soon, forever]), InternalRequest(kind="list_running"), CTX)
     first, second = out["models"]
     assert first == {"name": "smollm2:latest", "model": "smollm2:latest", "size": 200, "digest": "ab" * 32,
                      "details": DETAILS, "expires_at": "2316-02-24T22:00:36.854776Z", "size_vram": 0,
-                     "context_length": 4096}
+                     "context_length": 4096, "runner": {"pid": 42, "restarts": 1}}
     assert second["name"] == "other:q4" and second["expires_at"] == "2023-11-14T22:18:20.25Z"
 
 

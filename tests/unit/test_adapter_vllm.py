@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapters import openai as oa
-from adapters import vllm
+from adapters import vllm, vllm_extras
 from adapters.base import RequestContext
 from gateway.types import (
     Choice,
@@ -38,14 +38,14 @@ def chat(**extra: Any) -> InternalRequest:
     """A chat body through the OpenAI adapter, then vLLM's extras, as the lead's route will do."""
     body = {"model": "m", "messages": USER, **extra}
     req = oa.parse_chat(body, CTX)
-    vllm.apply_extras(body, req)
+    vllm_extras.apply_extras(body, req)
     return req
 
 
 def completion(**extra: Any) -> InternalRequest:
     body = {"model": "m", "prompt": "Once", **extra}
     req = oa.parse_completion(body, CTX)
-    vllm.apply_extras(body, req)
+    vllm_extras.apply_extras(body, req)
     return req
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics fed by tracker records and read from a fake pool, checked through the exposition text
+"""Prometheus metrics listening to a tracker and reading a fake pool, checked through the exposition text
 parsed with prometheus-client's own parser (as a scraper sees them)."""
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def run_request(tracker: Tracker, clock: FakeClock, rid: str = "r1", tokens: int
 
 
 def test_a_request_moves_every_request_metric_once(clock: FakeClock) -> None:
-    metrics = Metrics()
-    run_request(Tracker(metrics=metrics), clock)
+    tracker = Tracker()
+    metrics = Metrics(tracker)
+    run_request(tracker, clock)
     s = scrape(metrics)
     key = (("api", "openai"), ("endpoint", "/v1/chat/completions"), ("model", MODEL), ("status", "completed"))
     assert s[("llm_gateway_requests_total", key)] == 1
@@ -69,8 +70,9 @@ def test_a_request_moves_every_request_metric_once(clock: FakeClock) -> None:
 
 
 def test_several_tokens_in_one_report_count_as_equal_gaps(clock: FakeClock) -> None:
-    metrics = Metrics()
-    rec = Tracker(metrics=metrics).open("r", "ollama", "/api/chat", MODEL, True)
+    tracker = Tracker()
+    metrics = Metrics(tracker)
+    rec = tracker.open("r", "ollama", "/api/chat", MODEL, True)
     rec.set_model(MODEL)
     rec.started(3, 0, None)
     rec.tokens()
@@ -83,8 +85,9 @@ def test_several_tokens_in_one_report_count_as_equal_gaps(clock: FakeClock) -> N
 
 
 def test_a_request_whose_model_never_resolved_has_an_empty_model_label(clock: FakeClock) -> None:
-    metrics = Metrics()
-    rec = Tracker(metrics=metrics).open("r", "openai", "/v1/chat/completions", "no-such-model-" + "x" * 50, False)
+    tracker = Tracker()
+    metrics = Metrics(tracker)
+    rec = tracker.open("r", "openai", "/v1/chat/completions", "no-such-model-" + "x" * 50, False)
     rec.finish("failed", error="The model does not exist.")
     s = scrape(metrics)
     key = (("api", "openai"), ("endpoint", "/v1/chat/completions"), ("model", ""), ("status", "failed"))
@@ -94,8 +97,8 @@ def test_a_request_whose_model_never_resolved_has_an_empty_model_label(clock: Fa
 
 
 def test_live_gauges_are_read_from_the_tracker_and_the_pool_at_scrape_time(clock: FakeClock) -> None:
-    metrics = Metrics()
-    tracker = Tracker(metrics=metrics)
+    tracker = Tracker()
+    metrics = Metrics(tracker)
     pool = list(POOL)
     metrics.watch(tracker.counts, lambda: pool)
     tracker.open("q", "openai", "/v1/completions", MODEL, False)
@@ -120,8 +123,8 @@ def test_live_gauges_are_read_from_the_tracker_and_the_pool_at_scrape_time(clock
 
 
 def test_prefix_cache_hit_ratio_is_cached_over_prompt_tokens(clock: FakeClock) -> None:
-    metrics = Metrics()
-    tracker = Tracker(metrics=metrics)
+    tracker = Tracker()
+    metrics = Metrics(tracker)
     metrics.watch(tracker.counts, lambda: [])
     run_request(tracker, clock, "a")
     run_request(tracker, clock, "b")
@@ -129,9 +132,10 @@ def test_prefix_cache_hit_ratio_is_cached_over_prompt_tokens(clock: FakeClock) -
 
 
 def test_every_name_has_the_prefix_and_each_app_has_its_own_registry(clock: FakeClock) -> None:
-    first, second = Metrics(), Metrics()
+    tracker = Tracker()
+    first, second = Metrics(tracker), Metrics(Tracker())
     first.watch(lambda: {"running": 0, "queued": 0}, lambda: POOL)
-    run_request(Tracker(metrics=first), clock)
+    run_request(tracker, clock)
     names = {name for name, _ in scrape(first)}
     assert names and all(name.startswith("llm_gateway_") for name in names)
     assert not any(name.startswith("llm_gateway_requests_total") for name, _ in scrape(second))

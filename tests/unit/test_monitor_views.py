@@ -43,8 +43,8 @@ class FakeGateway:
 
 def build(api_keys: list[str] | None = None, metrics: bool = True) -> tuple[Flask, Tracker, FakePool]:
     pool = FakePool()
-    m = Metrics() if metrics else None
-    tracker = Tracker(metrics=m)
+    tracker = Tracker()
+    m = Metrics(tracker) if metrics else None
     app = Flask("gateway")
     app.extensions["gateway"] = FakeGateway(pool)
     register_monitor(app, tracker, m, pool.view, api_keys or [], Settings())

@@ -1,4 +1,4 @@
-"""The model pool's policy (leases, keep_alive, LRU, limits, budget) with stand-in executors: the policy is
+"""The model pool's policy (leases, keep_alive, LRU, limits, budget) with stand-in backends: the policy is
 plain bookkeeping, and real loads are covered by the integration tests."""
 
 from __future__ import annotations
@@ -8,19 +8,21 @@ import time
 
 import pytest
 
+from gateway.backends.base import BackendStatus
+from gateway.backends.pool import ModelPool, PoolSettings
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.pool import ModelPool, PoolSettings
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError
 
 
-class FakeExecutor:
+class FakeBackend:
     def __init__(self, name: str):
         self.name = name
         self.n_ctx = 2048
-        self.parallel = 1
-        self.n_threads = 1
         self.closed = threading.Event()
+
+    def describe(self) -> BackendStatus:
+        return BackendStatus("fake", self.n_ctx, parallel=1)
 
     def close(self) -> None:
         self.closed.set()
@@ -28,10 +30,10 @@ class FakeExecutor:
 
 class Loads:
     def __init__(self):
-        self.executors: list[FakeExecutor] = []
+        self.executors: list[FakeBackend] = []
 
-    def __call__(self, spec: ModelSpec, settings: ExecutorSettings) -> FakeExecutor:
-        executor = FakeExecutor(spec.name)
+    def __call__(self, spec: ModelSpec, settings: ExecutorSettings) -> FakeBackend:
+        executor = FakeBackend(spec.name)
         executor.settings = settings
         self.executors.append(executor)
         return executor
@@ -54,7 +56,7 @@ def make_pool(sizes: dict[str, int] | None = None, **settings) -> tuple[ModelPoo
 def test_one_load_per_model_and_leases_share_it():
     pool, loads = make_pool()
     first, second = pool.acquire(spec("a")), pool.acquire(spec("a"))
-    assert first.executor is second.executor and loads.names() == ["a"]
+    assert first.backend is second.backend and loads.names() == ["a"]
     assert first.load_seconds >= 0 and second.load_seconds == 0.0
 
 

@@ -1,5 +1,5 @@
-"""The request tracker on plain data: a record's life, its JSON, the bounded history, cancel and the watchers' feed,
-with a fake clock so times and rates are exact."""
+"""The request tracker on plain data: a record's life, its JSON, the bounded history, cancel, the watchers' feed and
+the listener, with a fake clock so times and rates are exact."""
 
 from __future__ import annotations
 
@@ -217,3 +217,45 @@ def test_a_watcher_that_falls_behind_is_told_to_resync() -> None:
     assert sub.get(timeout=0) is None
     opened(tracker, "next")
     assert sub.get(timeout=0)[1]["id"] == "next"
+
+
+class Recorder:
+    """A listener that notes what it is told. It reads each record through `to_json`, which takes the tracker's
+    lock: a call made while the lock is held would hang the test."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple] = []
+
+    def started(self, record) -> None:
+        self.heard.append(("started", record.to_json()["status"]))
+
+    def tokens(self, record, count: int, gap: float | None) -> None:
+        self.heard.append(("tokens", count, gap))
+
+    def finished(self, record) -> None:
+        self.heard.append(("finished", record.to_json()["status"]))
+
+
+def test_the_listener_hears_the_start_each_token_report_with_its_gap_and_the_end(clock: FakeClock) -> None:
+    tracker = Tracker()
+    listener = Recorder()
+    tracker.listen(listener)
+    rec = opened(tracker)
+    rec.loading()
+    rec.started(4, 0, 10)
+    clock.advance(1.0)
+    rec.tokens()
+    clock.advance(0.25)
+    rec.tokens(2)
+    rec.finish("completed", "stop")
+    rec.tokens()
+    rec.finish("failed")
+    assert listener.heard == [("started", "running"), ("tokens", 1, None), ("tokens", 2, 0.25),
+                              ("finished", "completed")]
+
+
+def test_a_tracker_takes_one_listener() -> None:
+    tracker = Tracker()
+    tracker.listen(Recorder())
+    with pytest.raises(RuntimeError, match="already has a listener"):
+        tracker.listen(Recorder())

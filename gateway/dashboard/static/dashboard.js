@@ -297,7 +297,22 @@
     bar.lastChild.textContent = label;
   }
 
-  const MODEL_CELLS = ['name', 'memory', 'context', 'sequences', 'kv', 'waiting', 'keepalive', 'load', 'actions'];
+  const MODEL_CELLS = ['name', 'memory', 'context', 'sequences', 'kv', 'waiting', 'keepalive', 'load', 'runner',
+    'actions'];
+
+  // The engine's process and its history: a crash names its signal, a restart is counted, and a runner that
+  // came back without weight repacking says why (the note).
+  function runnerText(m) {
+    const parts = [(m.health === 'ok' ? 'pid ' + m.pid : m.health)];
+    if (m.restarts) parts.push(m.restarts + (m.restarts === 1 ? ' restart' : ' restarts'));
+    if (m.crashes) {
+      parts.push(m.crashes + (m.crashes === 1 ? ' crash' : ' crashes')
+        + (m.last_crash ? ', last ' + m.last_crash.reason + ' at ' + new Date(m.last_crash.at * 1000)
+          .toLocaleTimeString() : ''));
+    }
+    if (m.repack === false) parts.push('no repacking');
+    return parts.join(' · ');
+  }
 
   function renderModels() {
     const sinceMs = Date.now() - state.modelsAt;
@@ -312,6 +327,9 @@
       setText(row, 'keepalive', left === null || left === undefined ? 'forever'
         : m.busy ? 'in use' : seconds(left * 1000 - sinceMs));
       setText(row, 'load', m.load_seconds ? seconds(m.load_seconds * 1000) : '');
+      setText(row, 'runner', runnerText(m));
+      row.querySelector('td.runner').title = m.note || '';
+      row.classList.toggle('crashed', m.health !== 'ok' || !!m.crashes);
       setButton(row.querySelector('td.actions'), 'unload', m.name, 'Unload');
     });
     $('models-empty').hidden = state.models.length > 0;

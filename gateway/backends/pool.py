@@ -6,50 +6,30 @@ reaper thread unloads it. Loading a model that would exceed `max_loaded_models` 
 plus KV cache, estimated from the GGUF header before loading) first unloads the least recently used idle
 models; if the busy ones leave no room, the load waits for them. Pinned models never expire or leave.
 
-`load_fn` and `estimate_fn` are the seams tests use to exercise the policy without llama.cpp.
+`load_fn` starts a model's backend (for local models, a runner process); it and `estimate_fn` are also the seams
+tests use to exercise the policy without llama.cpp.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gateway.backends.base import Backend
 from gateway.engine.cpu import resolve_repack
-from gateway.engine.executor import Executor, ExecutorSettings
-from gateway.engine.llama import LoadParams, supports_gpu_offload
-from gateway.models.gguf import read_metadata
+from gateway.engine.executor import ExecutorSettings
+from gateway.engine.llama import LoadParams
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError
 
-log = logging.getLogger("gateway.engine")
+log = logging.getLogger("gateway.pool")
 
-LoadFn = Callable[[ModelSpec, ExecutorSettings], Executor]
+LoadFn = Callable[[ModelSpec, ExecutorSettings], Backend]
 EstimateFn = Callable[[ModelSpec, ExecutorSettings], int]
-
-
-def load_executor(spec: ModelSpec, settings: ExecutorSettings) -> Executor:
-    return Executor(spec.name, spec.path, settings)
-
-
-def estimate_bytes(spec: ModelSpec, settings: ExecutorSettings) -> int:
-    """Weights (the file) plus the KV cache for the context it will get, plus logits for a full batch."""
-    meta = read_metadata(spec.path)
-    n_ctx = settings.n_ctx or min(meta.context_length or 4096, 8192)
-    n_vocab = meta.array_lengths.get("tokenizer.ggml.tokens", 0)
-    return os.path.getsize(spec.path) + meta.kv_cache_bytes(n_ctx) + 4 * n_vocab * settings.n_batch
-
-
-def vram_bytes(spec: ModelSpec, settings: ExecutorSettings, size: int) -> int:
-    """The share of `size` offloaded to GPUs: by offloaded layers (the output layer counts as one more)."""
-    layers = settings.load.n_gpu_layers if settings.load else 0
-    if layers == 0 or not supports_gpu_offload():
-        return 0
-    total = int(read_metadata(spec.path).kv.get(f"{read_metadata(spec.path).architecture}.block_count", 0)) + 1
-    return size if layers < 0 or layers >= total else size * layers // total
+VramFn = Callable[[ModelSpec, ExecutorSettings, int], int]
 
 
 @dataclass
@@ -66,7 +46,7 @@ class Loaded:
     """One loaded model. Mutable fields change only under the pool's lock."""
 
     spec: ModelSpec
-    executor: Executor
+    backend: Backend
     size: int
     load_seconds: float
     pinned: bool = False
@@ -92,7 +72,7 @@ class Lease:
     def __init__(self, pool: ModelPool, entry: Loaded, load_seconds: float):
         self._pool = pool
         self._entry = entry
-        self.executor = entry.executor
+        self.backend = entry.backend
         self.load_seconds = load_seconds
         self._released = False
 
@@ -103,12 +83,13 @@ class Lease:
 
 
 class ModelPool:
-    def __init__(self, base: ExecutorSettings, settings: PoolSettings | None = None,
-                 load_fn: LoadFn = load_executor, estimate_fn: EstimateFn = estimate_bytes):
+    def __init__(self, base: ExecutorSettings, settings: PoolSettings, load_fn: LoadFn, estimate_fn: EstimateFn,
+                 vram_fn: VramFn = lambda _spec, _settings, _size: 0):
         self._base = base
-        self.settings = settings or PoolSettings()
+        self.settings = settings
         self._load_fn = load_fn
         self._estimate_fn = estimate_fn
+        self._vram_fn = vram_fn
         self._loaded: dict[str, Loaded] = {}
         self._loading: dict[str, int] = {}  # name → estimated bytes, while a thread loads it
         self._cond = threading.Condition()
@@ -120,7 +101,7 @@ class ModelPool:
 
     def acquire(self, spec: ModelSpec, load_options: dict[str, int] | None = None,
                 on_loading: Callable[[], None] | None = None) -> Lease:
-        """A lease on `spec`'s executor, loading it (and making room) if needed. `load_options` (n_threads,
+        """A lease on `spec`'s backend, loading it (and making room) if needed. `load_options` (n_threads,
         n_gpu_layers) apply only if this call loads the model; `on_loading` is told when the caller must wait
         for a load."""
         deadline = time.monotonic() + self.settings.load_timeout
@@ -156,7 +137,7 @@ class ModelPool:
     def _load(self, spec: ModelSpec, settings: ExecutorSettings, size: int) -> Lease:
         started = time.monotonic()
         try:
-            executor = self._load_fn(spec, settings)
+            backend = self._load_fn(spec, settings)
         except (RuntimeError, OSError) as exc:
             log.error("loading %s failed: %s", spec.name, exc)
             with self._cond:
@@ -164,12 +145,13 @@ class ModelPool:
                 self._cond.notify_all()
             raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
         seconds = time.monotonic() - started
-        log.info("loaded %s in %.2fs (n_ctx %d, parallel %d, threads %d, weight repacking %s, ~%s)", spec.name,
-                 seconds, executor.n_ctx, executor.parallel, executor.n_threads,
-                 "on" if settings.load.repack else "off", _gib(size))
-        entry = Loaded(spec, executor, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
+        status = backend.describe()
+        log.info("loaded %s in %.2fs (%s, pid %s, n_ctx %d, parallel %d, threads %s, weight repacking %s, ~%s)",
+                 spec.name, seconds, status.kind, status.pid, status.n_ctx, status.parallel, status.n_threads,
+                 "on" if status.repack else "off", _gib(size))
+        entry = Loaded(spec, backend, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
                        keep_alive=self.settings.keep_alive if spec.keep_alive is None else spec.keep_alive,
-                       size_vram=vram_bytes(spec, settings, size), in_use=1)
+                       size_vram=self._vram_fn(spec, settings, size), in_use=1)
         with self._cond:
             del self._loading[spec.name]
             self._loaded[spec.name] = entry
@@ -236,26 +218,30 @@ class ModelPool:
     def preload(self, spec: ModelSpec) -> None:
         self.acquire(spec).release()
 
-    def loaded(self) -> dict[str, Executor]:
+    def loaded(self) -> dict[str, Backend]:
         with self._cond:
-            return {name: e.executor for name, e in self._loaded.items()}
+            return {name: e.backend for name, e in self._loaded.items()}
 
     def running(self) -> list[Loaded]:
         with self._cond:
             return list(self._loaded.values())
 
     def view(self) -> list[dict]:
-        """Each loaded model as monitors show it: context, sequences in use, KV cells used, keep-alive left."""
+        """Each loaded model as monitors show it: context, sequences in use, KV cells used, keep-alive left, and
+        its engine's health (pid, restarts, crashes)."""
         now = time.time()
         out = []
         for entry in self.running():
-            stats = entry.executor.stats()
+            status = entry.backend.describe()
             expires = entry.expires_at_epoch()
-            out.append({"name": entry.spec.name, "n_ctx": stats["n_ctx"], "parallel": stats["parallel"],
-                        "busy": stats["busy"], "waiting": stats["waiting"], "kv_used": stats["kv_used"],
+            out.append({"name": entry.spec.name, "n_ctx": status.n_ctx, "parallel": status.parallel,
+                        "busy": status.busy, "waiting": status.waiting, "kv_used": status.kv_used,
                         "size": entry.size, "size_vram": entry.size_vram, "in_use": entry.in_use,
                         "keep_alive_left": None if expires is None else max(0.0, expires - now),
-                        "load_seconds": entry.load_seconds})
+                        "load_seconds": entry.load_seconds, "backend": status.kind, "health": status.health,
+                        "pid": status.pid, "repack": status.repack, "restarts": status.restarts,
+                        "crashes": len(status.crashes),
+                        "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note})
         return out
 
     def close(self) -> None:
@@ -265,7 +251,7 @@ class ModelPool:
             self._loaded.clear()
             self._cond.notify_all()
         for entry in entries:
-            entry.executor.close()
+            entry.backend.close()
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -291,7 +277,7 @@ class ModelPool:
 
     def _close(self, entry: Loaded, why: str) -> None:
         log.info("unloading %s (%s)", entry.spec.name, why)
-        entry.executor.close()
+        entry.backend.close()
 
     def _settings_for(self, spec: ModelSpec, options: dict[str, int]) -> ExecutorSettings:
         base = self._base

@@ -1,0 +1,91 @@
+"""The `Backend` interface: everything the service may ask of a loaded model, whatever engine serves it.
+
+The local llama.cpp backend (a runner process per model) is the first implementation; an upstream HTTP engine
+is the next. So nothing here names llama.cpp: a generation is a stream of token-level events (`Started`,
+`Prefilled`, `Piece`, `Finished` from `gateway.engine.jobs`, plain dataclasses) on one queue, tagged with the
+choice they belong to, and failures are `GatewayError`s with facts in `details`.
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from gateway.models.registry import ModelSpec
+from gateway.types import InternalRequest, TokenizeResult
+
+
+@dataclass
+class ChoicePlan:
+    """One choice of a generation: its index, the prompt text an echo repeats, and whether its prompt counts
+    in usage (n > 1 choices share one prompt)."""
+
+    index: int
+    prompt_text: str
+    count_prompt: bool
+
+
+class GenerationRun(ABC):
+    """A submitted generation. Its events arrive on `events` as `(choice index, event)`; every choice ends
+    with one `Finished`. `close()` cancels whatever still runs; it is safe to call more than once."""
+
+    events: queue.SimpleQueue
+    choices: list[ChoicePlan]
+    max_tokens: int
+
+    @abstractmethod
+    def queue_position(self) -> int:
+        """1-based place of the first choice among jobs waiting for a sequence; 0 once it runs."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+@dataclass
+class BackendStatus:
+    """What monitors show of a loaded model's engine: its geometry, load, and its health over time."""
+
+    kind: str  # "local" (a llama.cpp runner process); "upstream" later
+    n_ctx: int
+    parallel: int
+    health: str = "ok"  # ok | crashed (the next request starts a fresh engine)
+    pid: int | None = None
+    n_threads: int | None = None
+    repack: bool | None = None
+    busy: int = 0
+    waiting: int = 0
+    kv_used: int = 0
+    restarts: int = 0
+    crashes: list[dict] = field(default_factory=list)  # {"at": epoch seconds, "reason": "signal SIGSEGV"}
+    note: str | None = None  # e.g. why weight repacking was turned off
+
+
+class Backend(ABC):
+    """One loaded model. Every method may be called from any request thread."""
+
+    name: str
+    n_ctx: int
+
+    @abstractmethod
+    def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:
+        """Prepare and submit every choice of a chat or completion. Errors known before decoding (a prompt over
+        the window, a full queue, bad token ids) are raised here, so they reach the client as a status code."""
+
+    @abstractmethod
+    def embed(self, req: InternalRequest, spec: ModelSpec, on_started=None) -> tuple[list[list[float]], int]:
+        """The vectors of `req.prompts` and the number of tokens embedded; `on_started(n_tokens)` is told before
+        the work starts."""
+
+    @abstractmethod
+    def tokenize(self, req: InternalRequest, spec: ModelSpec) -> TokenizeResult: ...
+
+    @abstractmethod
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    @abstractmethod
+    def describe(self) -> BackendStatus: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the engine and give its memory back (a local runner process exits)."""

@@ -1,0 +1,224 @@
+"""The local llama.cpp backend: prompts and tokens in the API process, decoding in a runner process.
+
+The API process loads only the model's vocabulary (`vocab_only`, ~20 MB for SmolLM2) to render templates,
+tokenize, count and detokenize; the weights, contexts and KV cache live in the runner. When the runner dies
+the next request starts a fresh one, after a pause that doubles with each crash in a row (up to
+`MAX_BACKOFF`). A runner that dies before its first token while weights are repacked for the CPU is restarted
+once with repacking off (llama.cpp #20824 crashes exactly there), and the log and `describe()` say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+from gateway.backends.base import Backend, BackendStatus, ChoicePlan, GenerationRun
+from gateway.backends.runner_process import RunnerProcess, exit_reason
+from gateway.engine.executor import ExecutorSettings
+from gateway.engine.jobs import GenerationJob, JobHandle, check_fits
+from gateway.engine.llama import LlamaModel, LoadParams, supports_gpu_offload
+from gateway.models.gguf import read_metadata
+from gateway.models.registry import ModelSpec
+from gateway.prompts import PromptBuilder, check_token_ids, with_model_defaults
+from gateway.types import ErrorKind, GatewayError, InternalRequest, TokenizeResult
+
+log = logging.getLogger("gateway.backends")
+
+MAX_BACKOFF = 30.0  # seconds between restarts of a runner that keeps crashing
+CRASHES_KEPT = 10
+
+
+def estimate_bytes(spec: ModelSpec, settings: ExecutorSettings) -> int:
+    """Weights (the file) plus the KV cache for the context it will get, plus logits for a full batch."""
+    meta = read_metadata(spec.path)
+    n_ctx = settings.n_ctx or min(meta.context_length or 4096, 8192)
+    n_vocab = meta.array_lengths.get("tokenizer.ggml.tokens", 0)
+    return os.path.getsize(spec.path) + meta.kv_cache_bytes(n_ctx) + 4 * n_vocab * settings.n_batch
+
+
+def vram_bytes(spec: ModelSpec, settings: ExecutorSettings, size: int) -> int:
+    """The share of `size` offloaded to GPUs: by offloaded layers (the output layer counts as one more)."""
+    layers = settings.load.n_gpu_layers if settings.load else 0
+    if layers == 0 or not supports_gpu_offload():
+        return 0
+    meta = read_metadata(spec.path)
+    total = int(meta.kv.get(f"{meta.architecture}.block_count", 0)) + 1
+    return size if layers < 0 or layers >= total else size * layers // total
+
+
+class LocalRun(GenerationRun):
+    def __init__(self, runner: RunnerProcess):
+        self.events = queue.SimpleQueue()
+        self.choices: list[ChoicePlan] = []
+        self.handles: list[JobHandle] = []
+        self.max_tokens = 0
+        self._runner = runner
+
+    def queue_position(self) -> int:
+        return self._runner.queue_position(self.handles[0]) if self.handles else 0
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+
+class LocalBackend(Backend):
+    def __init__(self, spec: ModelSpec, settings: ExecutorSettings, context_overflow: str = "truncate",
+                 log_level: str = "info", load_timeout: float = 600.0):
+        self.name = spec.name
+        self._spec = spec
+        self._settings = settings
+        self._prompts = PromptBuilder(context_overflow)  # its templates die with this load of the model
+        self._log_level = log_level
+        self._load_timeout = load_timeout
+        self._lock = threading.Lock()  # one restart at a time
+        self.restarts = 0
+        self.crashes: deque[dict] = deque(maxlen=CRASHES_KEPT)
+        self._crashes_in_a_row = 0
+        self.note: str | None = None
+        self.model = LlamaModel(spec.path, LoadParams(vocab_only=True))
+        try:
+            self._runner = self._start_runner()
+        except BaseException:
+            self.model.free()
+            raise
+        self.n_ctx = self._runner.facts["n_ctx"]
+        self.parallel = self._runner.facts["parallel"]
+        self.n_threads = self._runner.facts["n_threads"]
+        self.embedding_window = self._runner.facts["embedding_window"]
+
+    # -- the runner's life -----------------------------------------------------------------------------------
+
+    def _start_runner(self) -> RunnerProcess:
+        return RunnerProcess(self.name, self._spec.path, self._settings, self._log_level, self._load_timeout,
+                             on_exit=self._runner_died)
+
+    def _runner_died(self, runner: RunnerProcess) -> None:
+        """Called by the dead runner's reader thread; the restart waits for the next request."""
+        reason = exit_reason(runner.exitcode)
+        self.crashes.append({"at": time.time(), "reason": reason, "pid": runner.pid})
+        self._crashes_in_a_row += 1
+        load = self._settings.load or LoadParams()
+        if not runner.decoded and load.repack:
+            self._settings = replace(self._settings, load=replace(load, repack=False))
+            self.note = (f"weight repacking turned off: the runner crashed ({reason}) before its first token with "
+                         "repacking on (llama.cpp #20824)")
+            self._crashes_in_a_row = 0  # this restart is not a repeat of the same crash
+            log.warning("model %s: %s; the next runner loads without repacking", self.name, self.note)
+
+    def _live_runner(self) -> RunnerProcess:
+        runner = self._runner
+        if runner.alive:
+            return runner
+        with self._lock:
+            if self._runner.alive:
+                return self._runner
+            delay = self._backoff()
+            if delay > 0:
+                log.info("model %s: waiting %.1fs before starting a new runner (%d crashes in a row)", self.name,
+                         delay, self._crashes_in_a_row)
+                time.sleep(delay)
+            try:
+                self._runner = self._start_runner()
+            except RuntimeError as exc:
+                raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{self.name}` could not be restarted: {exc}",
+                                   details={"model": self.name}) from exc
+            self.restarts += 1
+            log.warning("model %s: started a new runner (pid %d, restart %d)", self.name, self._runner.pid,
+                        self.restarts)
+            return self._runner
+
+    def _backoff(self) -> float:
+        """No pause after one crash; then 1, 2, 4 ... seconds after the last one, up to MAX_BACKOFF."""
+        if self._crashes_in_a_row <= 1 or not self.crashes:
+            return 0.0
+        pause = min(MAX_BACKOFF, 2.0 ** (self._crashes_in_a_row - 2))
+        return max(0.0, self.crashes[-1]["at"] + pause - time.time())
+
+    # -- Backend -----------------------------------------------------------------------------------------------
+
+    def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:
+        runner = self._live_runner()
+        prepared = self._prompts.prepare(req, spec, self.model, self.n_ctx)
+        sampling = with_model_defaults(req.sampling, spec)
+        # vLLM echoes a chat's last message, not the rendered template
+        echo_text = (req.messages[-1].content or "") if req.kind == "chat" and req.messages else ""
+        run = LocalRun(runner)
+        try:
+            for p_index, prompt in enumerate(prepared.prompts):
+                for j in range(req.n):
+                    job = make_job(req, sampling, prompt.tokens, prepared.window, j)
+                    check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
+                    index = p_index * req.n + j
+                    run.handles.append(runner.submit(job, run.events, index))
+                    run.choices.append(ChoicePlan(index, echo_text or prompt.text, count_prompt=(j == 0)))
+        except BaseException:
+            run.close()
+            raise
+        run.max_tokens = run.handles[0].job.max_tokens
+        if self._crashes_in_a_row:
+            self._crashes_in_a_row = 0  # a new runner took work: the next crash starts the backoff anew
+        return run
+
+    def embed(self, req: InternalRequest, spec: ModelSpec, on_started=None) -> tuple[list[list[float]], int]:
+        runner = self._live_runner()
+        model = self.model
+        inputs = [p if isinstance(p, list) else model.tokenize(p, model.add_bos, False) for p in req.prompts]
+        check_token_ids(inputs, model.n_vocab, "input")
+        keep = req.truncate_tokens or (self.embedding_window if req.truncate == "drop_turns" else None)
+        if keep:  # TGI/vLLM: a given length; Ollama's `truncate`: the window (the input's start is kept)
+            inputs = [tokens[:keep] for tokens in inputs]
+        n = sum(len(t) for t in inputs)
+        if on_started is not None:
+            on_started(n)
+        return runner.embed(inputs), n
+
+    def tokenize(self, req: InternalRequest, spec: ModelSpec) -> TokenizeResult:
+        model = self.model
+        if req.messages:
+            tokens = self._prompts.render_chat(req, spec, model).tokens
+        else:
+            text = req.prompts[0] if req.prompts else ""
+            tokens = model.tokenize(text, model.add_bos and req.add_special_tokens, True)
+        return TokenizeResult(tokens, [model.token_text(t) for t in tokens], self.n_ctx, spec.name)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        check_token_ids([tokens], self.model.n_vocab, "tokens")
+        return self.model.detokenize(tokens)
+
+    def describe(self) -> BackendStatus:
+        runner = self._runner
+        stats = runner.stats()
+        return BackendStatus(
+            kind="local", n_ctx=self.n_ctx, parallel=self.parallel, n_threads=self.n_threads,
+            health="ok" if runner.alive else "crashed", pid=runner.pid,
+            repack=(self._settings.load or LoadParams()).repack, busy=stats["busy"], waiting=stats["waiting"],
+            kv_used=min(stats["kv_used"], self.n_ctx), restarts=self.restarts, crashes=list(self.crashes),
+            note=self.note)
+
+    def close(self) -> None:
+        self._runner.close()
+        self.model.free()
+
+
+def make_job(req: InternalRequest, sampling, tokens: list[int], window: int, choice: int) -> GenerationJob:
+    """One choice's engine job: its seed, and max_tokens within the window (a cap for families that clip)."""
+    if choice and sampling.seed is not None:  # n > 1 with a seed: distinct yet reproducible choices
+        sampling = replace(sampling, seed=sampling.seed + choice)
+    room = window - len(tokens)
+    if room <= 0:
+        raise GatewayError(ErrorKind.CONTEXT_OVERFLOW,
+                           f"The prompt ({len(tokens)} tokens) fills the context of {window} tokens.", "messages",
+                           details={"limit": window, "prompt_tokens": len(tokens)})
+    max_tokens = sampling.max_tokens
+    clip = req.clip_max_tokens or req.truncate == "drop_turns"
+    if max_tokens is None or (clip and max_tokens > room):
+        max_tokens = room  # Ollama's num_predict and Anthropic's max_tokens are caps, never reasons to refuse
+    logprobs = sampling.top_logprobs if sampling.logprobs else None
+    return GenerationJob(prompt=tokens, sampling=sampling, max_tokens=max_tokens, stop=sampling.stop,
+                         logprobs=logprobs)

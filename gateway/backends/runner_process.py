@@ -1,0 +1,227 @@
+"""The API server's side of one runner process: start it, send it jobs, route its events, notice its death.
+
+One reader thread per runner receives the runner's per-step messages and puts each event on the queue of the
+request it belongs to, so request threads block only on their own queue. When the pipe closes (the runner
+exited, crashed or was killed) every job still in flight ends with a `Finished` carrying a `GatewayError`
+that names the model and the signal, and every embedding waiting gets that error: nobody waits forever.
+
+The parent closes its copy of the runner's pipe end right after start; otherwise a dead runner would never
+look dead (`../shared/ENGINE-NOTES.md`, "The trap").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from multiprocessing.connection import wait
+
+from gateway.engine import runner
+from gateway.engine.executor import ExecutorSettings
+from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
+from gateway.types import ErrorKind, GatewayError
+
+log = logging.getLogger("gateway.backends")
+
+STOP_SECONDS = 10.0  # how long a stopping runner may take before it is killed
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """`signal SIGSEGV`, `exit status 1`: how a runner ended, in the words of a log line."""
+    if exitcode is None:
+        return "unknown exit"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+class RunnerProcess:
+    """A runner process for one model. `submit`, `embed` and the queries may be called from any thread."""
+
+    def __init__(self, name: str, path: str, settings: ExecutorSettings, log_level: str, load_timeout: float,
+                 on_exit=None):
+        self.name = name
+        self.max_queue = settings.max_queue
+        self._on_exit = on_exit or (lambda _runner: None)
+        self._jobs: dict[int, JobHandle] = {}  # in flight, in submission order
+        self._started: set[int] = set()
+        self._embeds: dict[int, queue.SimpleQueue] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards the maps above and serialises sends
+        self._stopping = False
+        self.decoded = False  # a token came back: the runner survived its first decode
+        self.kv_used = 0
+        self.exitcode: int | None = None
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs llama.cpp or gunicorn
+        self._conn, child_end = context.Pipe()
+        self.process = context.Process(target=runner.run, args=(child_end, name, path, settings, log_level),
+                                       name=f"runner-{name}", daemon=True)
+        self.process.start()
+        child_end.close()
+        self.facts = self._wait_ready(load_timeout)
+        self.pid = self.process.pid
+        self._reader = threading.Thread(target=self._read, name=f"runner-reader-{name}", daemon=True)
+        self._reader.start()
+
+    def _wait_ready(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._kill()
+                raise RuntimeError(f"the runner for {self.name} did not load within {timeout:.0f}s")
+            ready = wait([self._conn, self.process.sentinel], remaining)
+            if self._conn in ready:
+                try:
+                    message = self._conn.recv()
+                except (EOFError, OSError):
+                    continue  # it died: the sentinel says how
+                if message[0] == "ready":
+                    return message[1]
+                self._kill()
+                raise RuntimeError(message[1])
+            if self.process.sentinel in ready:
+                self.process.join()
+                reason = exit_reason(self.process.exitcode)
+                raise RuntimeError(f"the runner for {self.name} died while loading ({reason})")
+
+    # -- called from request threads -----------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.exitcode is None and not self._stopping
+
+    def submit(self, job: GenerationJob, sink: queue.SimpleQueue, tag: int) -> JobHandle:
+        with self._lock:
+            self._check_alive()
+            check_queue(self.name, len(self._jobs) - self.facts["parallel"], self.max_queue)
+            job_id = next(self._ids)
+            handle = JobHandle(job, lambda _handle: self._send(("cancel", job_id)), sink, tag)
+            self._jobs[job_id] = handle
+            self._send_locked(("submit", job_id, job))
+        return handle
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            self._check_alive()
+            reply_id = next(self._ids)
+            self._embeds[reply_id] = reply
+            self._send_locked(("embed", reply_id, inputs))
+        result = reply.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def queue_position(self, handle: JobHandle) -> int:
+        with self._lock:
+            waiting = [h for job_id, h in self._jobs.items() if job_id not in self._started]
+            free = max(0, self.facts["parallel"] - len(self._started))
+        try:
+            return max(0, waiting.index(handle) + 1 - free)
+        except ValueError:
+            return 0
+
+    def stats(self) -> dict:
+        with self._lock:
+            busy, in_flight = len(self._started), len(self._jobs)
+        return {"busy": busy, "waiting": in_flight - busy, "kv_used": self.kv_used}
+
+    def close(self) -> None:
+        """Ask the runner to stop, then make sure it is gone: its memory returns to the system."""
+        with self._lock:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._conn.send(("stop",))
+        self._reader.join(STOP_SECONDS)  # the reader reaps the process: only one thread may join it
+        if self._reader.is_alive():
+            log.warning("the runner for %s did not stop in %.0fs; killing it", self.name, STOP_SECONDS)
+            self.process.kill()
+            self._reader.join(STOP_SECONDS)
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise self._death_error()
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            self._send_locked(message)
+
+    def _send_locked(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:  # the reader thread reports the death to everyone in flight
+            if message[0] != "cancel":
+                raise self._death_error() from None
+
+    def _death_error(self) -> GatewayError:
+        if self._stopping and self.exitcode is None:
+            return GatewayError(ErrorKind.UNAVAILABLE, f"The model `{self.name}` is being unloaded.",
+                                details={"model": self.name})
+        reason = exit_reason(self.exitcode)
+        return GatewayError(ErrorKind.UNAVAILABLE, f"The runner process of model `{self.name}` terminated "
+                                                   f"({reason}); the next request starts a new one.",
+                            code="runner_terminated", details={"model": self.name, "reason": reason})
+
+    def _kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(STOP_SECONDS)
+
+    # -- the reader thread -----------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "events":
+                self._route(message[1])
+                self.kv_used = message[2]
+            elif message[0] == "embedded":
+                with self._lock:
+                    reply = self._embeds.pop(message[1], None)
+                if reply is not None:
+                    self.decoded = True
+                    reply.put(message[2])
+        self.process.join(STOP_SECONDS)
+        self.exitcode = self.process.exitcode if self.process.exitcode is not None else -signal.SIGKILL
+        self._fail_in_flight()
+        if not self._stopping:
+            self._on_exit(self)
+
+    def _route(self, items: list) -> None:
+        for job_id, event in items:
+            with self._lock:
+                handle = self._jobs.get(job_id)
+                if isinstance(event, Started):
+                    self._started.add(job_id)
+                elif isinstance(event, Finished):
+                    self._jobs.pop(job_id, None)
+                    self._started.discard(job_id)
+            if isinstance(event, Piece):
+                self.decoded = True
+            if handle is not None:
+                handle.emit(event)
+
+    def _fail_in_flight(self) -> None:
+        err = self._death_error()
+        if not self._stopping:
+            log.error("%s", err.message)
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+            embeds, self._embeds = self._embeds, {}
+            self._started.clear()
+        for handle in jobs.values():
+            handle.emit(Finished("error", len(handle.job.prompt), 0, 0, error=err))
+        for reply in embeds.values():
+            reply.put(err)

@@ -1,0 +1,113 @@
+"""The runner: one loaded model's executor in a process of its own, driven over a pipe.
+
+A fault in llama.cpp (llama.cpp #20824's SIGSEGV, an abort in a kernel) ends this process, not the API
+server; the parent sees the pipe close and the exit signal, fails that model's requests with a clear error and
+starts a fresh runner for the next one. The runner knows no HTTP and no API family: it takes token-level jobs
+and sends back the engine's events, gathered per decode step into one message so that IPC costs one
+send per step, not one per token.
+
+Messages, parent → runner: ("submit", job_id, GenerationJob), ("cancel", job_id), ("embed", reply_id,
+token lists), ("stop",). Runner → parent: ("ready", facts), ("load_failed", text), ("events", [(job_id,
+event)...], kv_used), ("embedded", reply_id, vectors or GatewayError).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+
+from gateway.engine.executor import Executor, ExecutorSettings
+from gateway.engine.jobs import EngineEvent, Finished, JobHandle
+from gateway.engine.llama import LoadParams
+from gateway.types import ErrorKind, GatewayError
+
+log = logging.getLogger("gateway.runner")
+
+class Outbox:
+    """Events of the current step, sent as one message when the executor's step ends. `put` is the sink every
+    job handle writes to; the connection's sends are serialised by a lock (two threads send)."""
+
+    def __init__(self, conn: Connection, executor_stats=None):
+        self._conn = conn
+        self._items: list[tuple[int, EngineEvent]] = []
+        self._lock = threading.Lock()
+        self.stats = executor_stats or (lambda: 0)
+        self.jobs: dict[int, JobHandle] = {}
+
+    def put(self, item: tuple[int, EngineEvent]) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        if items:
+            for job_id, event in items:
+                if isinstance(event, Finished):
+                    self.jobs.pop(job_id, None)
+            self.send(("events", items, self.stats()))
+
+    def send(self, message: tuple) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+
+class EmbedReply:
+    """What the executor's loop thread puts an embedding result into: it goes straight to the parent."""
+
+    def __init__(self, outbox: Outbox, reply_id: int):
+        self._outbox = outbox
+        self._reply_id = reply_id
+
+    def put(self, result) -> None:
+        if isinstance(result, BaseException) and not isinstance(result, GatewayError):
+            result = GatewayError(ErrorKind.INTERNAL, f"Embedding failed: {result}")
+        self._outbox.send(("embedded", self._reply_id, result))
+
+
+def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_level: str) -> None:
+    """The runner process's entry point (multiprocessing `spawn`). When the API server dies, even by SIGKILL,
+    the pipe closes and `serve` returns, so no runner is left holding a model's memory."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API server decides when runners stop
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s runner[{name}]: %(message)s")
+    outbox = Outbox(conn)
+    try:
+        executor = Executor(name, path, settings, after_step=outbox.flush)
+    except Exception as exc:  # a file llama.cpp refuses, a context it cannot allocate
+        conn.send(("load_failed", str(exc)))
+        return
+    outbox.stats = lambda: executor.stats()["kv_used"]
+    conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
+                         "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
+                         "repack": (settings.load or LoadParams()).repack}))
+    try:
+        serve(conn, executor, outbox)
+    finally:
+        executor.close()
+        os._exit(0)  # skip interpreter teardown: the parent is waiting for this process to end
+
+
+def serve(conn: Connection, executor: Executor, outbox: Outbox) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the API server is gone
+            return
+        kind = message[0]
+        if kind == "submit":
+            _, job_id, job = message
+            handle = JobHandle(job, executor.request_cancel, outbox, job_id)
+            outbox.jobs[job_id] = handle
+            executor.enqueue(handle)
+        elif kind == "cancel":
+            handle = outbox.jobs.get(message[1])
+            if handle is not None:
+                handle.cancel()
+        elif kind == "embed":
+            executor.embed_into(message[2], EmbedReply(outbox, message[1]))
+        elif kind == "stop":
+            return

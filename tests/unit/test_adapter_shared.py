@@ -1,0 +1,79 @@
+"""What the families share and what keeps them apart: every stream renderer is a `BaseStream`, which ends once,
+and no family's module imports another family's (they share leaf modules instead)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from adapters.base import SSE_KEEPALIVE, BaseStream, Frame, RequestContext
+from gateway.types import Done, ErrorKind, GatewayError, InternalRequest, OutputEvent, TextDelta, Usage
+
+ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
+FAMILY_OF = {"openai": "openai", "vllm": "vllm", "ollama": "ollama", "ollama_models": "ollama", "claude": "claude",
+             "tgi": "tgi"}
+"""Each family's modules; every other module in adapters/ is a leaf that any family may import."""
+
+CTX = RequestContext(request_id="r1", created=1700000000)
+REQ = InternalRequest(kind="chat", model="m", stream=True)
+
+
+class Echo(BaseStream):
+    """The smallest family: one frame per text, the end at Done."""
+
+    def event_frames(self, event: OutputEvent) -> list[Frame]:
+        if isinstance(event, Done):
+            self.closed = True
+            return [b"end"]
+        return [event.text.encode()] if isinstance(event, TextDelta) else []
+
+    def error_frames(self, err: GatewayError) -> list[Frame]:
+        return [err.message.encode()]
+
+
+class QuietEcho(Echo):
+    idle_frame = None
+
+
+def adapter_imports(path: Path) -> set[str]:
+    """The adapters modules that `path` imports, by their short names (`base`, `openai`, ...)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "adapters":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("adapters."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("adapters."))
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(ADAPTERS.glob("*.py")), ids=lambda p: p.stem)
+def test_no_module_imports_another_familys_module(path: Path) -> None:
+    own = FAMILY_OF.get(path.stem)
+    crossing = {name for name in adapter_imports(path) if FAMILY_OF.get(name, own) != own}
+    assert crossing == set()
+
+
+@pytest.mark.parametrize("family", ["openai", "vllm", "ollama", "claude", "tgi"])
+def test_every_stream_renderer_is_a_base_stream(family: str) -> None:
+    streams = [route.stream for route in importlib.import_module(f"adapters.{family}").ROUTES if route.stream]
+    assert streams and all(isinstance(s, type) and issubclass(s, BaseStream) for s in streams)
+
+
+def test_a_stream_emits_nothing_after_its_end() -> None:
+    stream = Echo(REQ, CTX)
+    assert stream.start() == [] and stream.keepalive() == [SSE_KEEPALIVE]
+    assert stream.feed(TextDelta(0, "a")) == [b"a"] and stream.feed(Done(Usage())) == [b"end"]
+    assert stream.feed(TextDelta(0, "late")) == [] and stream.keepalive() == []
+    assert stream.error(GatewayError(ErrorKind.INTERNAL, "x")) == []
+
+
+def test_an_error_is_the_last_frame() -> None:
+    stream = QuietEcho(REQ, CTX)
+    assert stream.keepalive() == []
+    assert stream.error(GatewayError(ErrorKind.INTERNAL, "boom")) == [b"boom"] and stream.closed
+    assert stream.feed(Done(Usage())) == [] and stream.error(GatewayError(ErrorKind.INTERNAL, "again")) == []
