@@ -8,17 +8,65 @@ folder or a config entry is the operator's, not the API's.
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from gateway.backends.pool import ModelPool
 from gateway.models.ollama_store import OllamaStore
 from gateway.models.registry import ModelRegistry
 from gateway.models.registry_client import RegistryClient
+from gateway.polling import TICK, ClientGone, poll
 from gateway.types import ErrorKind, GatewayError, ModelChange, Progress, invalid
 
+log = logging.getLogger("gateway.models")
+
 Report = Callable[[Progress], None]
+_END = object()
+
+
+class ChangeRun:
+    """A model change running on its own thread: iterate for its Progress, or `last()` for the final one.
+    `close()` (the client left) asks it to stop between chunks."""
+
+    def __init__(self, changes: ModelChanges, change: ModelChange, client_gone: ClientGone):
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._client_gone = client_gone
+        threading.Thread(target=self._work, args=(changes, change), name=f"model-{change.op}", daemon=True).start()
+
+    def _work(self, changes: ModelChanges, change: ModelChange) -> None:
+        try:
+            changes.run(change, self._events.put, self._stop.is_set)
+            self._events.put(_END)
+        except GatewayError as err:
+            self._events.put(err)
+        except Exception as exc:
+            log.exception("model change failed")
+            self._events.put(GatewayError(ErrorKind.INTERNAL, f"The model change failed: {exc}"))
+
+    def __iter__(self) -> Iterator[Progress]:
+        for item in poll(lambda timeout: self._events.get(timeout=timeout), self._client_gone, None):
+            if item is TICK:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        self.close()  # the client hung up
+
+    def last(self) -> Progress:
+        final = Progress("success")
+        for progress in self:
+            final = progress
+        return final
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class ModelChanges:

@@ -15,9 +15,8 @@ URL (where logs and browser history would keep it).
 
 from __future__ import annotations
 
-import collections
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
@@ -26,8 +25,8 @@ from gateway import __version__
 from gateway.auth import key_ok
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
+from gateway.polling import KEEPALIVE, TICK, KeepAlive, poll
 from gateway.routes import client_gone_probe, stream_frames, stream_response
-from gateway.service import KEEPALIVE, KeepAlive
 from gateway.tracker import STATUSES, Event, Tracker
 from gateway.types import GatewayError
 
@@ -157,36 +156,21 @@ class EventFeed:
         self._sent_models_at = 0.0
         self._sent_counts: dict[str, int] = {}
         self._sent_bucket: list[int] = [0, 0]
-        self._pending: collections.deque[Event] = collections.deque([self._snapshot()])
-        self._next_tick = time.monotonic() + TICK_SECONDS
-        self._last_sent = time.monotonic()
 
-    def __iter__(self) -> EventFeed:
-        return self
-
-    def __next__(self) -> Event | KeepAlive:
-        while True:
-            if self._pending:
-                return self._sent(self._pending.popleft())
-            now = time.monotonic()
-            if now >= self._next_tick:
-                if self._client_gone():
-                    raise StopIteration
-                self._next_tick = now + TICK_SECONDS
-                self._pending.extend(self._tick())
+    def __iter__(self) -> Iterator[Event | KeepAlive]:
+        yield self._sent(self._snapshot())
+        for item in poll(self._subscription.get, self._client_gone, self._keepalive, probe=TICK_SECONDS):
+            if item is KEEPALIVE:
+                yield KEEPALIVE
                 continue
-            event = self._subscription.get(self._next_tick - now)
-            if event is not None:
-                self._pending.append(self._snapshot() if event[0] == "resync" else event)
-            elif time.monotonic() - self._last_sent >= self._keepalive:
-                self._last_sent = time.monotonic()
-                return KEEPALIVE
+            events = self._tick() if item is TICK else [self._snapshot() if item[0] == "resync" else item]
+            for event in events:
+                yield self._sent(event)
 
     def close(self) -> None:
         self._subscription.close()
 
     def _sent(self, event: Event) -> Event:
-        self._last_sent = time.monotonic()
         name, data = event
         if name == "request":
             if data["status"] in STATUSES[2:]:

@@ -1,9 +1,10 @@
 """The generic handler: every adapter route of every family is served by `handle`, and every streamed response
 goes through the one loop in `stream_frames`.
 
-The handler reads and size-checks the body, checks the API key, lets the route's adapter parse it, runs it
-through the service, and renders either the finished result or the stream; any `GatewayError` is rendered by
-the same adapter in its family's shape, and anything unexpected becomes that family's 500, never a traceback.
+The handler checks the API key (before reading or parsing anything), reads and size-checks the body, lets the
+route's adapter parse it, hands it to `Service.run`, and renders either the finished result or the stream; any
+`GatewayError` is rendered by the same adapter in its family's shape, and anything unexpected becomes that
+family's 500, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
-from gateway.service import KEEPALIVE, ProgressNote, Service
-from gateway.tracker import Record
-from gateway.types import ErrorKind, GatewayError, InternalRequest, invalid
+from gateway.auth import require_key
+from gateway.polling import KEEPALIVE
+from gateway.service import Call, ProgressNote, Service, Streamed
+from gateway.types import ErrorKind, GatewayError, invalid
 
 log = logging.getLogger("gateway.http")
 
-QUERY_KINDS = ("list_models", "show_model", "list_running", "health", "version", "tokenize", "detokenize",
-               "load_model", "unload_model")
-CHANGE_KINDS = ("copy_model", "delete_model", "create_model", "pull_model")
-OPEN_KINDS = ("health", "version")  # answered without an API key, so probes and load balancers work
 PROGRESS_HEADER = "x-gateway-progress"  # "1": a streamed SSE response also carries `: progress {record}` lines
 
 
@@ -63,9 +61,11 @@ def handle(group: list[Route], service: Service, api_keys: list[str], path_param
         query=request.args.to_dict(), method=request.method, server_version=__version__)
     route = group[-1]
     try:
+        if not all(r.public for r in group):
+            require_key(ctx.headers, api_keys)
         body = _read_body(route)
         route = next(r for r in group if r.accepts is None or r.accepts(body, ctx))
-        response = _serve(route, body, service, api_keys, ctx)
+        response = _serve(route, body, service, ctx)
     except GatewayError as err:
         response = error_response(route, err)
     except Exception:
@@ -78,41 +78,17 @@ def handle(group: list[Route], service: Service, api_keys: list[str], path_param
     return response
 
 
-def _serve(route: Route, body: Any, service: Service, api_keys: list[str], ctx: RequestContext) -> Response:
+def _serve(route: Route, body: Any, service: Service, ctx: RequestContext) -> Response:
     req = route.parse(body, ctx)
-    if api_keys and req.kind not in OPEN_KINDS:
-        _check_key(ctx.headers, api_keys)
-    if req.kind in QUERY_KINDS:
-        return _json(route.render(service.query(req), req, ctx))
-    client_gone = client_gone_probe()
-    if req.kind in CHANGE_KINDS:
-        change = service.change(req, client_gone)
-        if req.stream and route.stream is not None:
-            return stream_response(stream_frames(change, route.stream(req, ctx), change.close), route.media_type)
-        return _json(route.render(change.last(), req, ctx))
-    record = service.tracker.open(ctx.request_id, route.family, route.path, req.model, req.stream)
-    try:
-        return _run(route, req, ctx, service, record, client_gone)
-    except GatewayError as err:
-        record.finish("failed", error=err.message)
-        raise
-    except Exception:
-        record.finish("failed", error="internal error")
-        raise
-
-
-def _run(route: Route, req: InternalRequest, ctx: RequestContext, service: Service, record: Record,
-         client_gone: Callable[[], bool]) -> Response:
-    """A tracked request: an embedding, or a generation streamed or rendered whole."""
-    if req.kind == "embedding":
-        return _json(route.render(service.embed(req, record), req, ctx))
-    gen = service.start(req, record)
     # Opt-in progress inside the client's own stream, only where extra frames break no client: SSE comments.
-    gen.progress = route.media_type == "text/event-stream" and ctx.headers.get(PROGRESS_HEADER) in ("1", "true")
-    if req.stream and route.stream is not None:
-        frames = stream_frames(service.events(gen, client_gone), route.stream(req, ctx), gen.close)
+    progress = route.media_type == "text/event-stream" and ctx.headers.get(PROGRESS_HEADER) in ("1", "true")
+    call = Call(ctx.request_id, route.family, route.path, client_gone_probe(), can_stream=route.stream is not None,
+                progress=progress)
+    outcome = service.run(req, call)
+    if isinstance(outcome, Streamed):
+        frames = stream_frames(outcome.events, route.stream(req, ctx), outcome.close)
         return stream_response(frames, route.media_type)
-    return _json(route.render(service.complete(gen, client_gone), req, ctx))
+    return _json(route.render(outcome, req, ctx))
 
 
 def stream_frames(events: Iterable[Any], renderer: StreamRenderer, close: Callable[[], None]) -> Iterator[bytes]:
@@ -170,13 +146,6 @@ def _read_body(route: Route) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"The request body is not valid JSON: {exc}.") from None
-
-
-def _check_key(headers: dict[str, str], api_keys: list[str]) -> None:
-    auth = headers.get("authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
-    if not any(secrets.compare_digest(key, k) for k in api_keys):
-        raise GatewayError(ErrorKind.UNAUTHORIZED, "Invalid or missing API key.")
 
 
 def client_gone_probe() -> Callable[[], bool]:

@@ -6,18 +6,17 @@ adapter. Nothing here knows which engine serves a model.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from gateway import __version__
 from gateway.backends.base import GenerationRun
 from gateway.backends.pool import Lease, ModelPool
 from gateway.engine.jobs import Finished, Piece, Prefilled, Started
-from gateway.model_changes import ModelChanges
+from gateway.model_changes import ChangeRun, ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
+from gateway.polling import KEEPALIVE, TICK, ClientGone, KeepAlive, poll
 from gateway.tracker import Record, Tracker
 from gateway.types import (
     Choice,
@@ -33,7 +32,6 @@ from gateway.types import (
     LoadResult,
     ModelList,
     OutputEvent,
-    Progress,
     PromptStarted,
     Result,
     RunningList,
@@ -44,51 +42,13 @@ from gateway.types import (
     VersionResult,
 )
 
-_END = object()
-
-
-class ChangeRun:
-    """A model change running on its own thread: iterate for its Progress, or `last()` for the final one.
-    `close()` (the client left) asks it to stop between chunks."""
-
-    def __init__(self, events: queue.SimpleQueue, stop: threading.Event, client_gone: ClientGone):
-        self._events = events
-        self._stop = stop
-        self._client_gone = client_gone
-
-    def __iter__(self) -> Iterator[Progress]:
-        while True:
-            try:
-                item = self._events.get(timeout=PROBE_SECONDS)
-            except queue.Empty:
-                if self._client_gone():
-                    self.close()
-                    return
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def last(self) -> Progress:
-        final = Progress("success")
-        for progress in self:
-            final = progress
-        return final
-
-    def close(self) -> None:
-        self._stop.set()
-
-
 log = logging.getLogger("gateway.service")
 
-
-class KeepAlive:
-    """Yielded by a generation when nothing happened for a while, so the stream can prove the client is there."""
-
-
-KEEPALIVE = KeepAlive()
+QUERY_KINDS = ("list_models", "show_model", "list_running", "health", "version", "tokenize", "detokenize",
+               "load_model", "unload_model")
+CHANGE_KINDS = ("copy_model", "delete_model", "create_model", "pull_model")
+PROGRESS_EVERY = 1.0  # seconds between progress notes while generating
+PLACEHOLDER_MODELS = ("dummy", "tgi")
 
 
 @dataclass
@@ -99,11 +59,26 @@ class ProgressNote:
     record: dict
 
 
-PROGRESS_EVERY = 1.0  # seconds between progress notes while generating
-PLACEHOLDER_MODELS = ("dummy", "tgi")
-PROBE_SECONDS = 0.5  # how often a request checks that its client is still connected
+@dataclass
+class Call:
+    """What the service needs of the HTTP call a request came in on: who to record it as, whether the route can
+    stream, whether the client asked for progress notes, and how to tell that the client hung up."""
 
-ClientGone = Callable[[], bool]
+    request_id: str
+    family: str
+    endpoint: str
+    client_gone: ClientGone
+    can_stream: bool = False
+    progress: bool = False
+
+
+@dataclass
+class Streamed:
+    """A request answered as a stream: the routes' one streaming loop renders `events`; `close` ends the work
+    (the client left, or the stream is over)."""
+
+    events: Iterable[Any]
+    close: Callable[[], None]
 
 
 @dataclass
@@ -137,6 +112,31 @@ class Service:
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
         self.changes = changes or ModelChanges(registry, pool, None)
+
+    def run(self, req: InternalRequest, call: Call) -> Result | Streamed:
+        """A request's whole life: queries answer at once; model changes run on a thread; generations and
+        embeddings get the one tracker record this method opens, and close on failure."""
+        if req.kind in QUERY_KINDS:
+            return self.query(req)
+        streaming = req.stream and call.can_stream
+        if req.kind in CHANGE_KINDS:
+            change = ChangeRun(self.changes, req.change, call.client_gone)
+            return Streamed(change, change.close) if streaming else change.last()
+        record = self.tracker.open(call.request_id, call.family, call.endpoint, req.model, req.stream)
+        try:
+            if req.kind == "embedding":
+                return self.embed(req, record)
+            gen = self.start(req, record)
+            gen.progress = call.progress
+            if streaming:
+                return Streamed(self.events(gen, call.client_gone), gen.close)
+            return self.complete(gen, call.client_gone)
+        except GatewayError as err:
+            record.finish("failed", error=err.message)
+            raise
+        except Exception:
+            record.finish("failed", error="internal error")
+            raise
 
     def resolve(self, name: str) -> ModelSpec:
         """An empty name (TGI, vLLM's optional `model`) is the default model, and so are the placeholders
@@ -203,24 +203,6 @@ class Service:
         timings = Timings(load=lease.load_seconds, total=time.monotonic() - started)
         return EmbeddingResult(vectors, Usage(prompt_tokens=n), timings)
 
-    def change(self, req: InternalRequest, client_gone: ClientGone) -> ChangeRun:
-        """Start a model change (pull, create, copy, delete) on a worker thread."""
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
-
-        def work() -> None:
-            try:
-                self.changes.run(req.change, events.put, stop.is_set)
-                events.put(_END)
-            except GatewayError as err:
-                events.put(err)
-            except Exception as exc:
-                log.exception("model change failed")
-                events.put(GatewayError(ErrorKind.INTERNAL, f"The model change failed: {exc}"))
-
-        threading.Thread(target=work, name=f"model-{req.change.op}", daemon=True).start()
-        return ChangeRun(events, stop, client_gone)
-
     # -- generation ------------------------------------------------------------------------------------------
 
     def start(self, req: InternalRequest, record: Record) -> Generation:
@@ -251,24 +233,14 @@ class Service:
             yield ProgressNote(record.to_json())
         running = len(gen.run.choices)
         by_index = {c.index: c for c in gen.run.choices}
-        quiet_since = next_probe = time.monotonic()
-        while running:
-            try:
-                index, event = gen.run.events.get(timeout=PROBE_SECONDS)
-            except queue.Empty:
-                index, event = -1, None
-            now = time.monotonic()
-            if client_gone is not None and now >= next_probe:  # also while tokens flow: a request that writes
-                next_probe = now + PROBE_SECONDS                # nothing until the end must still notice
-                if client_gone():
-                    gen.close()
-                    return
-            if event is None:
-                if now - quiet_since >= self.keepalive_seconds:
-                    quiet_since = now
-                    yield KEEPALIVE
+        for item in poll(lambda timeout: gen.run.events.get(timeout=timeout), client_gone, self.keepalive_seconds):
+            if item is KEEPALIVE:
+                yield KEEPALIVE
                 continue
-            quiet_since = now
+            if item is TICK:
+                continue
+            index, event = item
+            now = time.monotonic()
             if isinstance(event, Piece):
                 record.tokens(1)
                 if gen.progress and now >= next_note:
@@ -303,6 +275,11 @@ class Service:
                 cancelled = cancelled or event.reason == "cancelled"
                 last_reason = "stop" if event.reason == "cancelled" else event.reason
                 yield ChoiceDone(index, last_reason, event.stop_sequence, usage)
+                if not running:
+                    break
+        else:  # the client hung up
+            gen.close()
+            return
         timings.total = time.monotonic() - gen.started + gen.load_seconds
         record.finish("cancelled" if cancelled else "completed", last_reason)
         yield Done(total, timings)

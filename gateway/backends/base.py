@@ -59,6 +59,7 @@ class BackendStatus:
     restarts: int = 0
     crashes: list[dict] = field(default_factory=list)  # {"at": epoch seconds, "reason": "signal SIGSEGV"}
     note: str | None = None  # e.g. why weight repacking was turned off
+    capabilities: tuple[str, ...] = ("chat", "completion", "embedding", "tokenize")  # request kinds it serves
 
 
 class Backend(ABC):

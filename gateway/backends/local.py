@@ -18,13 +18,13 @@ from collections import deque
 from dataclasses import replace
 
 from gateway.backends.base import Backend, BackendStatus, ChoicePlan, GenerationRun
+from gateway.backends.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.backends.runner_process import RunnerProcess, exit_reason
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import GenerationJob, JobHandle, check_fits
 from gateway.engine.llama import LlamaModel, LoadParams, supports_gpu_offload
 from gateway.models.gguf import read_metadata
 from gateway.models.registry import ModelSpec
-from gateway.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.types import ErrorKind, GatewayError, InternalRequest, TokenizeResult
 
 log = logging.getLogger("gateway.backends")
@@ -102,14 +102,16 @@ class LocalBackend(Backend):
         """Called by the dead runner's reader thread; the restart waits for the next request."""
         reason = exit_reason(runner.exitcode)
         self.crashes.append({"at": time.time(), "reason": reason, "pid": runner.pid})
-        self._crashes_in_a_row += 1
         load = self._settings.load or LoadParams()
-        if not runner.decoded and load.repack:
+        if not runner.decoded and load.repack:  # the next runner differs: this is no repeat of the same crash
             self._settings = replace(self._settings, load=replace(load, repack=False))
             self.note = (f"weight repacking turned off: the runner crashed ({reason}) before its first token with "
                          "repacking on (llama.cpp #20824)")
-            self._crashes_in_a_row = 0  # this restart is not a repeat of the same crash
             log.warning("model %s: %s; the next runner loads without repacking", self.name, self.note)
+        elif runner.decoded:  # it served: a new run of crashes starts here
+            self._crashes_in_a_row = 1
+        else:
+            self._crashes_in_a_row += 1
 
     def _live_runner(self) -> RunnerProcess:
         runner = self._runner
@@ -134,11 +136,8 @@ class LocalBackend(Backend):
             return self._runner
 
     def _backoff(self) -> float:
-        """No pause after one crash; then 1, 2, 4 ... seconds after the last one, up to MAX_BACKOFF."""
-        if self._crashes_in_a_row <= 1 or not self.crashes:
-            return 0.0
-        pause = min(MAX_BACKOFF, 2.0 ** (self._crashes_in_a_row - 2))
-        return max(0.0, self.crashes[-1]["at"] + pause - time.time())
+        last = self.crashes[-1]["at"] if self.crashes else 0.0
+        return restart_delay(self._crashes_in_a_row, last, time.time())
 
     # -- Backend -----------------------------------------------------------------------------------------------
 
@@ -161,8 +160,6 @@ class LocalBackend(Backend):
             run.close()
             raise
         run.max_tokens = run.handles[0].job.max_tokens
-        if self._crashes_in_a_row:
-            self._crashes_in_a_row = 0  # a new runner took work: the next crash starts the backoff anew
         return run
 
     def embed(self, req: InternalRequest, spec: ModelSpec, on_started=None) -> tuple[list[list[float]], int]:
@@ -204,6 +201,15 @@ class LocalBackend(Backend):
     def close(self) -> None:
         self._runner.close()
         self.model.free()
+
+
+def restart_delay(crashes_in_a_row: int, last_crash_at: float, now: float) -> float:
+    """Seconds to wait before starting a runner: none after one crash, then 1, 2, 4 ... after the last crash, up
+    to MAX_BACKOFF, while runners keep dying before their first token."""
+    if crashes_in_a_row <= 1:
+        return 0.0
+    pause = min(MAX_BACKOFF, 2.0 ** (crashes_in_a_row - 2))
+    return max(0.0, last_crash_at + pause - now)
 
 
 def make_job(req: InternalRequest, sampling, tokens: list[int], window: int, choice: int) -> GenerationJob:

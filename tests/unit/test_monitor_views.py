@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from flask import Flask
@@ -172,7 +172,7 @@ def test_the_event_stream_starts_with_a_snapshot_and_unsubscribes_on_close() -> 
     assert tracker._subscribers == []
 
 
-def until_keepalive(feed: EventFeed) -> list[Any]:
+def until_keepalive(feed: Iterator[Any]) -> list[Any]:
     events = []
     while (event := next(feed)) is not KEEPALIVE:
         events.append(event)
@@ -184,7 +184,8 @@ def test_the_feed_sends_changes_then_keepalives(monkeypatch: pytest.MonkeyPatch)
     pool = FakePool()
     tracker = Tracker()
     rec = start(tracker, "a")
-    feed = EventFeed(tracker, pool.view, keepalive=0.05)
+    watcher = EventFeed(tracker, pool.view, keepalive=0.05)
+    feed = iter(watcher)
     assert next(feed)[0] == "snapshot"
     rec.tokens(5)  # the first token is a phase change, sent at once
     rec.tokens(2)  # later ones are sent by the next tick
@@ -198,4 +199,4 @@ def test_the_feed_sends_changes_then_keepalives(monkeypatch: pytest.MonkeyPatch)
     rec.finish("completed", "stop")
     seen = dict(until_keepalive(feed))
     assert seen["request"]["status"] == "completed" and seen["tick"]["running"] == 0
-    feed.close()
+    watcher.close()

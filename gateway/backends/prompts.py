@@ -16,7 +16,7 @@ from gateway.engine.template import DEFAULT_TEMPLATE, ChatTemplate
 from gateway.models.registry import ModelSpec
 from gateway.types import MODEL_PARAMETERS, ErrorKind, GatewayError, InternalRequest, Message, SamplingParams
 
-log = logging.getLogger("gateway.prompts")
+log = logging.getLogger("gateway.backends.prompts")
 
 
 @dataclass
