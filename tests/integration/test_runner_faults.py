@@ -76,6 +76,15 @@ def assert_restarted(server: GatewayServer, old_pid: int, model: str = MODEL) ->
     return facts
 
 
+def read_and_kill_at_first(stream, pid: int, is_text) -> None:
+    """Read a stream to its end, killing the runner with SIGSEGV at the first event that carries text."""
+    killed = False
+    for event in stream:
+        if not killed and is_text(event):
+            os.kill(pid, signal.SIGSEGV)
+            killed = True
+
+
 def test_an_openai_stream_ends_with_an_in_band_error_naming_the_model_and_signal(server):
     pid = runner(server)["pid"]
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
@@ -97,11 +106,7 @@ def test_an_anthropic_stream_ends_with_an_error_event(server):
     messages = [{"role": "user", "content": "Count from 1 to 300: " + COUNTING}]
     with pytest.raises(anthropic.APIStatusError) as info, \
             client.messages.stream(model=MODEL, max_tokens=LONG, messages=messages) as stream:
-        killed = False
-        for event in stream:
-            if event.type == "content_block_delta" and not killed:
-                os.kill(pid, signal.SIGSEGV)
-                killed = True
+        read_and_kill_at_first(stream, pid, lambda event: event.type == "content_block_delta")
     assert "SIGSEGV" in str(info.value) and MODEL in str(info.value)
     assert_restarted(server, pid)
 
@@ -112,11 +117,7 @@ def test_an_ollama_stream_ends_with_an_error_line(server):
     stream = client.generate(model=MODEL, prompt=COUNTING, raw=True, stream=True,
                              options={"temperature": 0, "num_predict": LONG})
     with pytest.raises(ollama.ResponseError) as info:
-        killed = False
-        for part in stream:
-            if part.response and not killed:
-                os.kill(pid, signal.SIGSEGV)
-                killed = True
+        read_and_kill_at_first(stream, pid, lambda part: bool(part.response))
     assert "SIGSEGV" in str(info.value) and MODEL in str(info.value)
     assert_restarted(server, pid)
 
