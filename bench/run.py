@@ -7,10 +7,19 @@ runs by about ±10%, so the report is gateway / llama-server measured in the sam
 With ``--rounds N`` the two servers alternate N times (the order flips every round so slow drift, e.g. thermal,
 does not always favour the same server) and the table shows per-level medians.
 
+With ``--flood`` each server, after its quiet levels, runs c = 8 once more while bench/flood.py (a process of its
+own) sends 200 cheap API requests per second to it; the table gives flooded / quiet tok/s per server, i.e. how
+much of the decode loop API traffic costs each.
+
+On CPUs with AMX, llama.cpp's repacked AMX weights crash (llama.cpp #20824), so there llama-server and
+llama-batched-bench get ``--no-repack`` (the gateway already loads without repacking on such CPUs), and the
+results JSON records it under ``config.repack``.
+
 Usage:
     .venv/bin/python bench/run.py                       # full run, c = 1,4,8,16, 20 s per level
     .venv/bin/python bench/run.py --rounds 3 --duration 30
     .venv/bin/python bench/run.py --skip-gateway        # baseline only
+    .venv/bin/python bench/run.py --flood               # plus c = 8 under 200 cheap requests/s
 """
 
 from __future__ import annotations
@@ -38,7 +47,11 @@ import requests
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
-import loadgen  # noqa: E402  (sibling script, not a package)
+sys.path.insert(1, str(REPO_ROOT))
+import flood  # noqa: E402  (sibling script, not a package)
+import loadgen  # noqa: E402
+
+from gateway.engine.cpu import cpu_features  # noqa: E402  (the gateway's own AMX test, stdlib only)
 
 MODEL_NAME = "smollm2-135m-instruct"
 
@@ -72,6 +85,21 @@ def help_text(binary: Path) -> str:
     proc = subprocess.run([str(binary), "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=60)
     return proc.stdout
+
+
+NO_REPACK_FLAG = "--no-repack"
+
+
+def no_repack_args(binary: Path, amx: bool) -> list[str]:
+    """`--no-repack` where the CPU has AMX: llama.cpp's AMX-repacked weights crash there (llama.cpp #20824:
+    SIGSEGV in the first prefill, SIGILL in llama-server), and the gateway loads without repacking on such CPUs
+    too, so the comparison stays like for like. Elsewhere repacking stays on, as in both servers' defaults."""
+    if not amx:
+        return []
+    if NO_REPACK_FLAG in help_text(binary):
+        return [NO_REPACK_FLAG]
+    log(f"WARNING: AMX CPU but {binary.name} has no {NO_REPACK_FLAG}; it may crash (llama.cpp #20824)")
+    return []
 
 
 def free_port() -> int:
@@ -147,7 +175,7 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.15, sample: float = 3.0
 
 
 def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int], ntg: int, npp: int,
-                      ctx: int) -> dict[str, Any]:
+                      ctx: int, extra: list[str] | None = None) -> dict[str, Any]:
     """Pure decode throughput at each batch size: no HTTP, no sampling, no detokenizing, so it bounds what any
     server on this engine can reach. Parsed from its JSONL output, one line per batch size."""
     helps = help_text(binary)
@@ -157,6 +185,7 @@ def run_batched_bench(binary: Path, model: Path, threads: int, levels: list[int]
         cmd += ["-fa", "auto"]
     if "--output-format" in helps:
         cmd += ["--output-format", "jsonl"]
+    cmd += extra or []
     log("running " + " ".join(cmd))
     load = ForeignLoad()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
@@ -230,7 +259,8 @@ class Server:
         self._log.close()
 
 
-def llama_server_cmd(binary: Path, model: Path, port: int, threads: int, parallel: int, ctx: int) -> list[str]:
+def llama_server_cmd(binary: Path, model: Path, port: int, threads: int, parallel: int, ctx: int,
+                     extra: list[str] | None = None) -> list[str]:
     helps = help_text(binary)
     cmd = [str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
            "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port), "--alias", MODEL_NAME]
@@ -240,7 +270,7 @@ def llama_server_cmd(binary: Path, model: Path, port: int, threads: int, paralle
         cmd += ["-fa", "auto"]
     if "--cont-batching" in helps:
         cmd.append("-cb")  # the default; explicit so the log shows it
-    return cmd
+    return cmd + (extra or [])
 
 
 def gateway_cmd(args: argparse.Namespace, port: int) -> list[str]:
@@ -254,9 +284,63 @@ def gateway_cmd(args: argparse.Namespace, port: int) -> list[str]:
     return cmd
 
 
+def measure_level(name: str, server: Server, target: loadgen.Target, c: int, args: argparse.Namespace,
+                  label: str = "") -> tuple[loadgen.LevelResult, dict[str, Any]]:
+    """One closed-loop level with the foreign CPU load measured around it."""
+    rpw, duration = loadgen.resolve_mode(args)
+    load = ForeignLoad(server.proc.pid)
+    lvl = loadgen.run_level(target, c, rpw, duration)
+    foreign = load.cores()
+    warn = f"  (WARNING: {foreign:.2f} cores used by other processes)" if foreign > 0.15 else ""
+    log(f"{name} c={c}{label}: {lvl.tok_per_s:.1f} tok/s, {lvl.requests_ok} ok, {lvl.errors} errors, "
+        f"TTFT p50 {lvl.ttft_p50_ms or 0:.1f} ms, ITL p50 {lvl.itl_p50_ms or 0:.1f} ms{warn}")
+    return lvl, {**asdict(lvl), "foreign_load_cores": foreign}
+
+
+def flooded_level(name: str, server: Server, target: loadgen.Target, args: argparse.Namespace,
+                  quiet: dict[str, Any] | None) -> dict[str, Any]:
+    """c = --flood-concurrency while bench/flood.py sends --flood-rate cheap requests/s to the same server.
+
+    The flood is a child process that reaches its rate (`--flood-settle`) before the level starts and stops when
+    it ends; it is reaped before the foreign load is read, so its CPU counts as ours, and it reports that CPU
+    itself. The quiet figure is this run's level at the same c, measured now if --concurrency lacks it."""
+    c = args.flood_concurrency
+    if quiet is None:
+        quiet = measure_level(name, server, target, c, args, " (quiet, for the flood)")[1]
+        time.sleep(1.0)
+    rpw, duration = loadgen.resolve_mode(args)
+    # bound the flood: the level's duration plus room for its tail, or 10 minutes in requests-per-worker mode
+    max_seconds = (duration or 600.0) + args.flood_settle + 120.0
+    proc = flood.FloodProcess(server.base_url, name, args.flood_rate, max_seconds, workers=args.flood_workers)
+    try:
+        if not proc.started:
+            report = proc.stop()
+            log(f"{name}: the flood did not start: {report.get('error')} {report.get('routes', '')}")
+            return {"quiet": quiet, "flooded": None, "flood": report, "fraction": None}
+        time.sleep(args.flood_settle)
+        t0 = time.monotonic()
+        load = ForeignLoad(server.proc.pid)
+        lvl = loadgen.run_level(target, c, rpw, duration)
+        t1 = time.monotonic()
+        report = proc.stop((t0, t1))
+        foreign = load.cores()  # after stop(): the reaped flood's CPU is in our children's times
+    finally:
+        proc.kill()
+    flooded = {**asdict(lvl), "foreign_load_cores": foreign}
+    fraction = lvl.tok_per_s / quiet["tok_per_s"] if quiet["tok_per_s"] else None
+    warn = f"  (WARNING: {foreign:.2f} cores used by other processes)" if foreign > 0.15 else ""
+    log(f"{name} c={c} under flood: {lvl.tok_per_s:.1f} tok/s ({(fraction or 0):.2f} of quiet "
+        f"{quiet['tok_per_s']:.1f}), {lvl.errors} errors; flood {report.get('window_rate') or 0:.1f} req/s "
+        f"achieved of {args.flood_rate:.0f}, {report.get('errors', '?')} errors, "
+        f"{report.get('client_cpu_cores') or 0:.2f} client cores{warn}")
+    return {"quiet": quiet, "flooded": flooded, "flood": report, "fraction": fraction}
+
+
 def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace, stamp: str,
-                 round_no: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Start one server, load it at every concurrency level, stop it, and return the per-level results."""
+                 round_no: int, env: dict[str, str] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Start one server, load it at every concurrency level (then under the flood, with --flood), stop it, and
+    return the per-level results and the flood's."""
     log_path = args.results_dir / f"{stamp}-{name}-r{round_no}.log"
     wait_for_quiet(args.idle_wait)
     server = Server(name, cmd, port, log_path, env=env, cwd=REPO_ROOT)
@@ -266,21 +350,19 @@ def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace,
                                 args.ignore_eos, args.timeout)
         if args.warmup:
             loadgen.warmup(target, args.warmup)
-        rpw, duration = loadgen.resolve_mode(args)
         out: list[dict[str, Any]] = []
         levels: list[loadgen.LevelResult] = []
         for c in args.concurrency:
-            load = ForeignLoad(server.proc.pid)
-            lvl = loadgen.run_level(target, c, rpw, duration)
-            foreign = load.cores()
+            lvl, record = measure_level(name, server, target, c, args)
             levels.append(lvl)
-            out.append({**asdict(lvl), "foreign_load_cores": foreign})
-            warn = f"  (WARNING: {foreign:.2f} cores used by other processes)" if foreign > 0.15 else ""
-            log(f"{name} c={c}: {lvl.tok_per_s:.1f} tok/s, {lvl.requests_ok} ok, {lvl.errors} errors, "
-                f"TTFT p50 {lvl.ttft_p50_ms or 0:.1f} ms, ITL p50 {lvl.itl_p50_ms or 0:.1f} ms{warn}")
+            out.append(record)
             time.sleep(1.0)
         print(f"\n{name} (round {round_no}):\n{loadgen.format_table(levels)}\n", file=sys.stderr, flush=True)
-        return out
+        flooded = None
+        if args.flood:
+            quiet = next((r for r in out if r["concurrency"] == args.flood_concurrency), None)
+            flooded = flooded_level(name, server, target, args, quiet)
+        return out, flooded
     finally:
         server.stop()
 
@@ -325,10 +407,50 @@ def summarize(result: dict[str, Any]) -> str:
         lines.append(f"| {c} | {f(ls_tps)} | {f(gw_tps)} | {ratio} | {f(lim)} | {pair('ttft_p50_ms')} "
                      f"| {pair('itl_p50_ms')} | {pair('mean_completion_tokens', 0)} |")
     loads = [lv.get("foreign_load_cores", 0.0) for runs in (ls_rounds, gw_rounds) for r in runs for lv in r]
+    loads += [r["flooded"]["foreign_load_cores"] for runs in result.get("flood", {}).values() for r in runs
+              if r and r.get("flooded")]
     loads.append((result.get("batched_bench") or {}).get("foreign_load_cores", 0.0))
     if max(loads) > 0.15:
         lines += ["", f"WARNING: other processes used up to {max(loads):.2f} cores during this run; "
                       "its numbers are not representative (see foreign_load_cores in the JSON)."]
+    return "\n".join(lines)
+
+
+def summarize_flood(result: dict[str, Any]) -> str:
+    """Decode under API load: one row per server, medians over rounds."""
+    cfg = result["config"]["flood"]
+    lines = [
+        f"Decode under API load: c = {cfg['concurrency']} quiet and while bench/flood.py sends "
+        f"{cfg['rate']:.0f} cheap requests/s (medians of rounds; achieved rate within the flooded level)",
+        "",
+        "| server | quiet tok/s | flooded tok/s | flooded / quiet | flood req/s achieved (target) | flood errors "
+        "| flood latency p50 / p99 ms | flood client CPU cores |",
+        "|" + "---|" * 8,
+    ]
+
+    def med(values: list[Any]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return statistics.median(vals) if vals else None
+
+    def f(v: float | None, d: int = 1) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    for key, label in (("llama_server", "llama-server"), ("gateway", "gateway")):
+        runs = [r for r in result["flood"].get(key, []) if r]
+        if not runs:
+            continue
+        reports = [r["flood"] for r in runs]
+        errors = sum(rep.get("errors", 0) for rep in reports)
+        failed = [rep["error"] for rep in reports if rep.get("error")]
+        quiet = med([r["quiet"]["tok_per_s"] for r in runs])
+        flooded = med([r["flooded"]["tok_per_s"] for r in runs if r["flooded"]])
+        lines.append(
+            f"| {label} | {f(quiet)} | {f(flooded)} | {f(med([r['fraction'] for r in runs]), 2)} "
+            f"| {f(med([rep.get('window_rate') for rep in reports]))} ({cfg['rate']:.0f}) "
+            f"| {errors}{' (' + failed[0][:60] + ')' if failed else ''} "
+            f"| {f(med([rep.get('latency_p50_ms') for rep in reports]))} / "
+            f"{f(med([rep.get('latency_p99_ms') for rep in reports]))} "
+            f"| {f(med([rep.get('client_cpu_cores') for rep in reports]), 2)} |")
     return "\n".join(lines)
 
 
@@ -370,6 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--idle-wait", type=float, default=300.0,
                    help="before each phase, wait up to this many seconds for other processes to go quiet")
+    p.add_argument("--flood", action="store_true",
+                   help="after the quiet levels, run c = --flood-concurrency again under a flood of cheap requests")
+    p.add_argument("--flood-rate", type=float, default=200.0, help="flood requests per second (default 200)")
+    p.add_argument("--flood-concurrency", type=int, default=8, help="streams during the flood (default 8)")
+    p.add_argument("--flood-workers", type=int, default=32,
+                   help="most flood requests in flight at once (default 32)")
+    p.add_argument("--flood-settle", type=float, default=1.0,
+                   help="seconds the flood runs before the level starts (default 1)")
     loadgen.add_load_args(p)
     args = p.parse_args(argv)
 
@@ -400,17 +530,36 @@ def main(argv: list[str] | None = None) -> int:
         "llama_server": [],
         "gateway": [],
     }
+    amx = cpu_features().amx
+    result["config"]["repack"] = {"cpu_amx": amx, "llama_server_no_repack": False,
+                                  "batched_bench_no_repack": False,
+                                  "gateway": "off (its default on AMX CPUs)" if amx else "on (its default)"}
+    if args.flood:
+        result["config"]["flood"] = {"rate": args.flood_rate, "concurrency": args.flood_concurrency,
+                                     "workers": args.flood_workers, "settle_s": args.flood_settle,
+                                     "routes": {"gateway": [c.name for c in flood.routes_for("gateway")],
+                                                "llama_server": [c.name for c in flood.routes_for("llama-server")]}}
+        result["flood"] = {"llama_server": [], "gateway": []}
 
     need_llama = not (args.skip_batched_bench and args.skip_llama_server)
     server_bin = batched_bin = None
+    server_extra: list[str] = []
+    batched_extra: list[str] = []
     if need_llama:
         server_bin, batched_bin = build_llama_cpp()
         result["config"]["llama_server_bin"] = str(server_bin)
+        if amx:
+            log("CPU has AMX: llama.cpp binaries run with --no-repack (llama.cpp #20824)")
+        server_extra = no_repack_args(server_bin, amx)
+        batched_extra = no_repack_args(batched_bin, amx)
+        result["config"]["repack"]["llama_server_no_repack"] = NO_REPACK_FLAG in server_extra
+        result["config"]["repack"]["batched_bench_no_repack"] = NO_REPACK_FLAG in batched_extra
 
     if not args.skip_batched_bench and batched_bin is not None:
         wait_for_quiet(args.idle_wait)
         result["batched_bench"] = run_batched_bench(batched_bin, model, args.threads, args.concurrency,
-                                                    args.max_tokens, args.batched_bench_npp, args.ctx)
+                                                    args.max_tokens, args.batched_bench_npp, args.ctx,
+                                                    batched_extra)
         log(f"batched-bench TG tok/s: {result['batched_bench']['tg_tok_s']}")
 
     gw_env = dict(os.environ)
@@ -422,25 +571,37 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             if name == "llama-server" and not args.skip_llama_server and server_bin is not None:
                 port = free_port()
-                cmd = llama_server_cmd(server_bin, model, port, args.threads, args.parallel, args.ctx)
+                cmd = llama_server_cmd(server_bin, model, port, args.threads, args.parallel, args.ctx,
+                                       server_extra)
                 result["config"]["llama_server_cmd"] = cmd
-                result["llama_server"].append(bench_server(name, cmd, port, args, stamp, rnd))
+                levels, flooded = bench_server(name, cmd, port, args, stamp, rnd)
+                result["llama_server"].append(levels)
+                if args.flood:
+                    result["flood"]["llama_server"].append(flooded)
             elif name == "gateway" and not args.skip_gateway:
                 port = free_port()
                 cmd = gateway_cmd(args, port)
                 result["config"]["gateway_cmd"] = cmd
-                result["gateway"].append(bench_server(name, cmd, port, args, stamp, rnd, env=gw_env))
+                levels, flooded = bench_server(name, cmd, port, args, stamp, rnd, env=gw_env)
+                result["gateway"].append(levels)
+                if args.flood:
+                    result["flood"]["gateway"].append(flooded)
             # Write after every server so a crash later still leaves the numbers measured so far.
             out_path = args.results_dir / f"{stamp}.json"
             out_path.write_text(json.dumps(result, indent=2))
 
     table = summarize(result)
+    if args.flood:
+        table += "\n\n" + summarize_flood(result)
     result["summary_markdown"] = table
     out_path = args.results_dir / f"{stamp}.json"
     out_path.write_text(json.dumps(result, indent=2))
     print(table)
     log(f"results written to {out_path}")
     errors = sum(lv["errors"] for runs in (result["llama_server"], result["gateway"]) for r in runs for lv in r)
+    for runs in result.get("flood", {}).values():
+        for r in runs:
+            errors += 1 if r["flooded"] is None or r["flood"].get("error") else r["flooded"]["errors"]
     return 1 if errors else 0
 
 
