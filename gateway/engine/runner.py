@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from multiprocessing.connection import Connection
 
 from gateway.engine.executor import Executor, ExecutorSettings
@@ -26,33 +25,32 @@ from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.runner")
 
+
 class Outbox:
     """Events of the current step, sent as one message when the executor's step ends. `put` is the sink every
-    job handle writes to; the connection's sends are serialised by a lock (two threads send)."""
+    job handle writes to. Only the executor's loop thread emits events and sends, so nothing here needs a lock;
+    `jobs` (job id → handle, for cancels) is added to by the main thread and emptied here, one dict operation
+    at a time."""
 
-    def __init__(self, conn: Connection, executor_stats=None):
+    def __init__(self, conn: Connection):
         self._conn = conn
         self._items: list[tuple[int, EngineEvent]] = []
-        self._lock = threading.Lock()
-        self.stats = executor_stats or (lambda: 0)
+        self.kv_used = lambda: 0
         self.jobs: dict[int, JobHandle] = {}
 
     def put(self, item: tuple[int, EngineEvent]) -> None:
-        with self._lock:
-            self._items.append(item)
+        self._items.append(item)
 
     def flush(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
+        items, self._items = self._items, []
         if items:
             for job_id, event in items:
                 if isinstance(event, Finished):
                     self.jobs.pop(job_id, None)
-            self.send(("events", items, self.stats()))
+            self.send(("events", items, self.kv_used()))
 
     def send(self, message: tuple) -> None:
-        with self._lock:
-            self._conn.send(message)
+        self._conn.send(message)
 
 
 class EmbedReply:
@@ -80,7 +78,7 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
     except Exception as exc:  # a file llama.cpp refuses, a context it cannot allocate
         conn.send(("load_failed", str(exc)))
         return
-    outbox.stats = lambda: executor.stats()["kv_used"]
+    outbox.kv_used = lambda: executor.stats()["kv_used"]
     conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                          "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                          "repack": (settings.load or LoadParams()).repack}))
