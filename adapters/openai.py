@@ -216,7 +216,7 @@ def _parse_logit_bias(value: Any) -> dict[int, float]:
         raise invalid(f"Invalid type for `logit_bias`: expected an object, got {type_name(value)}.", "logit_bias")
     bias: dict[int, float] = {}
     for key in value:
-        if not (isinstance(key, str) and key.isdigit()):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):  # "²".isdigit() is True
             raise invalid(f"Invalid key {key!r} in `logit_bias`: expected a token id written as a string of digits.",
                           "logit_bias")
         bias[int(key)] = float(get_number(value, key, -100, 100, prefix="logit_bias."))

@@ -20,6 +20,9 @@ UNSUPPORTED = ("use_beam_search", "allowed_token_ids", "bad_words", "prompt_logp
                "structural_tag")
 """Fields refused when set to anything but their no-op default (null, false or an empty list)."""
 
+TEMPLATE_ARGUMENTS = ("messages", "tools", "add_generation_prompt")
+"""What the chat template gets from the request's own fields; `chat_template_kwargs` may not replace them."""
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Extras on the OpenAI chat and completions bodies
@@ -118,7 +121,12 @@ def apply_chat_template_fields(body: dict[str, Any], req: InternalRequest) -> No
                       "continue_final_message")
     req.continue_final_message = continue_final
     req.add_generation_prompt = generation_prompt if generation_prompt is not None else not continue_final
-    req.template_kwargs = get_typed(body, "chat_template_kwargs", dict, "an object", default=req.template_kwargs)
+    kwargs = get_typed(body, "chat_template_kwargs", dict, "an object", default=req.template_kwargs)
+    for key in kwargs:
+        if key in TEMPLATE_ARGUMENTS:
+            raise invalid(f"`chat_template_kwargs` may not set `{key}`: it comes from the request's own field.",
+                          "chat_template_kwargs." + key)
+    req.template_kwargs = kwargs
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -111,7 +111,10 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
     if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if setting.key == "keep_alive" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = parse_duration(value)
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: `keep_alive`: {exc}") from None
     if not isinstance(value, setting.type) or (setting.type is int and isinstance(value, bool)):
         raise wrong
     return value

@@ -9,7 +9,6 @@ family's 500, never a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import select
@@ -23,6 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
 from gateway.auth import require_key
+from gateway.json_body import parse_body
 from gateway.polling import KEEPALIVE
 from gateway.service import Call, ProgressNote, Service, Streamed
 from gateway.types import ErrorKind, GatewayError, invalid
@@ -142,10 +142,7 @@ def _read_body(route: Route) -> Any:
         raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.") from None
     if not raw.strip():
         raise invalid("The request body is empty: expected a JSON object.")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"The request body is not valid JSON: {exc}.") from None
+    return parse_body(raw)
 
 
 def client_gone_probe() -> Callable[[], bool]:

@@ -6,6 +6,7 @@ Everything here is plain data: no I/O, no Flask, no llama.cpp.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -53,10 +54,14 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
+MAX_DURATION = (2**63 - 1) / 1e9  # seconds: Go's largest time.Duration, what Ollama clamps keep_alive to
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a keep_alive value the way Ollama reads one: a number is seconds, a string is a Go duration
     ("5m", "1h30m", "300ms") or a bare number of seconds; anything negative means forever and is returned
-    as -1. ValueError otherwise."""
+    as -1, and anything longer than Go's largest duration is that duration. ValueError otherwise (NaN and
+    infinities included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a duration such as \"5m\" or a number of seconds, got {value!r}")
     if isinstance(value, str):
@@ -69,7 +74,9 @@ def parse_duration(value: Any) -> float:
         if not body or "".join(n + u for n, u in parts) != body:
             raise ValueError(f"expected a duration such as \"5m\", \"1h30m\" or \"300ms\", got {value!r}")
         value = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    return -1.0 if value < 0 else float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    return -1.0 if value < 0 else min(float(value), MAX_DURATION)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ log = logging.getLogger("gateway.pool")
 LoadFn = Callable[[ModelSpec, ExecutorSettings], Backend]
 EstimateFn = Callable[[ModelSpec, ExecutorSettings], int]
 VramFn = Callable[[ModelSpec, ExecutorSettings, int], int]
+REAP_WAIT_MAX = 3600.0  # seconds the reaper sleeps at most before looking again
 
 
 @dataclass
@@ -269,7 +270,8 @@ class ModelPool:
                 if not expired:
                     upcoming = [e.expires_at for e in self._loaded.values()
                                 if not e.in_use and e.expires_at is not None]
-                    self._cond.wait(min(upcoming) - now if upcoming else None)
+                    # bounded: a keep_alive of centuries must not overflow the wait (threading.TIMEOUT_MAX)
+                    self._cond.wait(min(min(upcoming) - now, REAP_WAIT_MAX) if upcoming else None)
                     continue
                 self._cond.notify_all()
             for entry in expired:

@@ -134,6 +134,11 @@ class Executor:
         except ValueError:
             return 0
 
+    @property
+    def running(self) -> bool:
+        """False once the loop thread has ended (closed, or stopped by a bug)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         self._inbox.put(("stop", None))
         self._thread.join(timeout=30)

@@ -25,6 +25,9 @@ from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.runner")
 
+EXECUTOR_CHECK_SECONDS = 1.0  # how often an idle runner checks that its executor is still running
+EX_SOFTWARE = 70  # the exit status of a runner whose executor died (sysexits.h)
+
 
 class Outbox:
     """Events of the current step, sent as one message when the executor's step ends. `put` is the sink every
@@ -82,19 +85,28 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
     conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                          "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                          "repack": (settings.load or LoadParams()).repack}))
+    status = 0
     try:
-        serve(conn, executor, outbox)
+        status = serve(conn, executor, outbox)
     finally:
         executor.close()
-        os._exit(0)  # skip interpreter teardown: the parent is waiting for this process to end
+        os._exit(status)  # skip interpreter teardown: the parent is waiting for this process to end
 
 
-def serve(conn: Connection, executor: Executor, outbox: Outbox) -> None:
+def serve(conn: Connection, executor: Executor, outbox: Outbox) -> int:
+    """Hand the parent's messages to the executor until told to stop (0) or the parent is gone (0). If the
+    executor's loop has died (a bug, not a crash), end with EX_SOFTWARE so that the parent starts a new runner
+    instead of queueing jobs that nothing would ever run."""
     while True:
         try:
+            if not conn.poll(EXECUTOR_CHECK_SECONDS):
+                if not executor.running:
+                    log.error("the executor of %s stopped; ending this runner", executor.name)
+                    return EX_SOFTWARE
+                continue
             message = conn.recv()
         except (EOFError, OSError):  # the API server is gone
-            return
+            return 0
         kind = message[0]
         if kind == "submit":
             _, job_id, job = message
@@ -108,4 +120,4 @@ def serve(conn: Connection, executor: Executor, outbox: Outbox) -> None:
         elif kind == "embed":
             executor.embed_into(message[2], EmbedReply(outbox, message[1]))
         elif kind == "stop":
-            return
+            return 0

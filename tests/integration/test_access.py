@@ -82,3 +82,11 @@ def test_a_full_queue_answers_429_at_once(server):
         running.close()
         waiter.join(timeout=60)
     assert queued["r"].status_code == 200, queued["r"].text
+
+
+@pytest.mark.parametrize("header", [{"Authorization": "Bearer clé"}, {"x-api-key": "\xff\xfe"}])
+def test_a_key_with_non_ascii_characters_is_a_401_not_a_500(server, header):
+    r = requests.post(server.url + "/v1/messages", headers={**header, "anthropic-version": "2023-06-01"},
+                      json={"model": MODEL, "max_tokens": 2, "messages": HI})
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["type"] == "authentication_error"

@@ -65,3 +65,10 @@ def test_the_shipped_config_file_lists_every_setting_at_its_default():
 
     shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "gateway.yaml").read_text())
     assert shipped == {s.key: s.default for s in SETTINGS}
+
+
+def test_a_keep_alive_that_is_not_finite_is_a_config_error(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("keep_alive: .inf\n")
+    with pytest.raises(ConfigError, match="keep_alive"):
+        load_settings(str(path), env={})
