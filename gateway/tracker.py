@@ -31,6 +31,9 @@ ABANDONED_SECONDS = 60.0  # a watcher that overflowed and has not read for this 
 Event = tuple[str, Any]
 
 
+MAX_MODEL_NAME = 256  # characters of a client's model name a record keeps (the name may be anything sent)
+MAX_ERROR = 1024  # characters of an error message a record keeps (messages may quote what the client sent)
+
 class Listener(Protocol):
     """Told of a record's transitions, on the reporting thread, after the tracker's lock is released."""
 
@@ -150,7 +153,8 @@ class Record:
             if self._cancel_requested and status == "completed":
                 status = "cancelled"
             self.status, self.phase = status, "done"
-            self.finish_reason, self.error = finish_reason, error
+            self.finish_reason = finish_reason
+            self.error = error if error is None or len(error) <= MAX_ERROR else error[:MAX_ERROR] + "…"
             self.finished_at = time.monotonic()
             self._position = None
             self._cancel = None
@@ -289,7 +293,7 @@ class Tracker:
     def open(self, request_id: str, api: str, endpoint: str, model: str, stream: bool) -> Record:
         """A new record, status queued. `endpoint` should be the route's path pattern and `model` the name as
         sent; `set_model` later replaces it with the resolved name."""
-        record = Record(self, request_id, api, endpoint, model[:256], stream)
+        record = Record(self, request_id, api, endpoint, model[:MAX_MODEL_NAME], stream)
         with self.lock:
             self._active[request_id] = record
         self.publish_change(record)

@@ -13,6 +13,7 @@ tests use to exercise the policy without llama.cpp.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ class ModelPool:
         started = time.monotonic()
         try:
             backend = self._load_fn(spec, settings)
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # whatever failed, the loading state is cleared so the next request tries again
             log.error("loading %s failed: %s", spec.name, exc)
             with self._cond:
                 del self._loading[spec.name]
@@ -288,7 +289,8 @@ class ModelPool:
             n_ctx=spec.n_ctx or base.n_ctx,
             n_batch=base.n_batch,
             prefill_chunk=base.prefill_chunk,
-            n_threads=spec.n_threads or options.get("n_threads") or base.n_threads,
+            # a client's num_thread applies only when its request loads the model: never beyond this machine
+            n_threads=spec.n_threads or min(options.get("n_threads") or 0, os.cpu_count() or 1) or base.n_threads,
             max_queue=base.max_queue,
             load=LoadParams(n_gpu_layers=options.get("n_gpu_layers", spec.n_gpu_layers), split_mode=spec.split_mode,
                             main_gpu=spec.main_gpu, tensor_split=spec.tensor_split,

@@ -3,6 +3,7 @@ plain bookkeeping, and real loads are covered by the integration tests."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -153,5 +154,31 @@ def test_unload_waits_for_running_requests():
 
 def test_load_options_apply_only_to_the_load():
     pool, loads = make_pool()
-    pool.acquire(spec("a"), {"n_threads": 3, "n_gpu_layers": 0}).release()
-    assert loads.executors[0].settings.n_threads == 3
+    pool.acquire(spec("a"), {"n_threads": 1, "n_gpu_layers": 0}).release()
+    assert loads.executors[0].settings.n_threads == 1
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("bad file"), ValueError("bad metadata"), KeyError("arch")])
+def test_a_load_that_fails_in_any_way_is_unavailable_and_the_next_request_tries_again(failure):
+    loads = Loads()
+    attempts = []
+
+    def flaky(spec_, settings):
+        attempts.append(spec_.name)
+        if len(attempts) == 1:
+            raise failure
+        return loads(spec_, settings)
+
+    pool = ModelPool(ExecutorSettings(), PoolSettings(load_timeout=2), load_fn=flaky, estimate_fn=lambda s, _: 100)
+    with pytest.raises(GatewayError) as info:
+        pool.acquire(spec("a"))
+    assert info.value.kind == ErrorKind.UNAVAILABLE
+    pool.acquire(spec("a")).release()  # a stale loading state would make this wait load_timeout, then raise
+    assert attempts == ["a", "a"]
+    pool.close()
+
+
+def test_a_clients_thread_count_never_exceeds_the_machine():
+    pool, loads = make_pool()
+    pool.acquire(spec("a"), {"n_threads": 10_000}).release()
+    assert loads.executors[0].settings.n_threads <= (os.cpu_count() or 1)

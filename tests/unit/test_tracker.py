@@ -259,3 +259,11 @@ def test_a_tracker_takes_one_listener() -> None:
     tracker.listen(Recorder())
     with pytest.raises(RuntimeError, match="already has a listener"):
         tracker.listen(Recorder())
+
+
+def test_a_record_keeps_bounded_strings() -> None:
+    tracker = Tracker()
+    record = tracker.open("r1", "openai", "/v1/chat/completions", "m" * 1_000_000, False)
+    record.finish("failed", error="e" * 1_000_000)
+    kept = tracker.get("r1")
+    assert len(kept["model"]) <= 256 and len(kept["error"]) <= 1025
