@@ -96,6 +96,7 @@ STATUSES: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONTEXT_OVERFLOW: 400,
     ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.OVERLOADED: 503,  # Ollama: "server busy, please try again.  maximum pending requests exceeded"
     ErrorKind.UNAVAILABLE: 500,

@@ -82,6 +82,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.CONTEXT_OVERFLOW: (400, "invalid_request_error"),
     ErrorKind.UNAUTHORIZED: (401, "authentication_error"),
+    ErrorKind.FORBIDDEN: (403, "permission_error"),
     ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
     ErrorKind.UNAVAILABLE: (503, "server_error"),

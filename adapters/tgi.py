@@ -57,6 +57,7 @@ ERRORS: dict[ErrorKind, tuple[int, str, str]] = {
     ErrorKind.CONTEXT_OVERFLOW: (422, "validation", "Input validation error: "),
     ErrorKind.NOT_FOUND: (404, "not_found", ""),
     ErrorKind.UNAUTHORIZED: (401, "unauthorized", ""),
+    ErrorKind.FORBIDDEN: (403, "forbidden", ""),
     ErrorKind.TOO_LARGE: (413, "validation", "Input validation error: "),
     ErrorKind.OVERLOADED: (429, "overloaded", ""),
     ErrorKind.UNAVAILABLE: (503, "unavailable", ""),

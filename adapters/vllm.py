@@ -52,6 +52,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.CONTEXT_OVERFLOW: (400, "BadRequestError"),
     ErrorKind.NOT_FOUND: (404, "NotFoundError"),
     ErrorKind.UNAUTHORIZED: (401, "Unauthorized"),
+    ErrorKind.FORBIDDEN: (403, "Forbidden"),
     ErrorKind.TOO_LARGE: (413, "Request Entity Too Large"),
     ErrorKind.OVERLOADED: (429, "Too Many Requests"),
     ErrorKind.UNAVAILABLE: (503, "Service Unavailable"),

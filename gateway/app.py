@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from flask import Flask
 
 from adapters import claude, ollama, openai, tgi, vllm
+from gateway.auth import Access
 from gateway.backends.local import LocalBackend, estimate_bytes, vram_bytes
 from gateway.backends.pool import ModelPool, PoolSettings
+from gateway.browser_guard import BrowserGuard
 from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
@@ -56,7 +58,7 @@ def build_gateway(settings: Settings) -> Gateway:
                          prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
                          max_queue=settings.max_queue),
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
-    changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry)
+    changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes)
     tracker = Tracker(settings.request_history)
     metrics = Metrics(tracker) if settings.metrics else None
     service = Service(registry, pool, settings.keepalive_seconds, changes, tracker)
@@ -83,7 +85,8 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     app = Flask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway
-    register_routes(app, ROUTES, gateway.service, settings.api_keys)
-    register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, settings.api_keys, settings)
+    access = Access(settings.api_keys, BrowserGuard(settings.host, settings.allowed_hosts, settings.allowed_origins))
+    register_routes(app, ROUTES, gateway.service, access)
+    register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings)
     register_fallbacks(app, openai.ROUTES[0])
     return app

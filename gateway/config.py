@@ -40,6 +40,14 @@ SETTINGS: list[Setting] = [
     Setting("http_threads", 64, int, "HTTP worker threads (each open stream holds one)."),
     Setting("max_body_bytes", 16 * 1024 * 1024, int, "Largest request body accepted (413 above)."),
     Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key)."),
+    Setting("allowed_origins", [], list, "Web page origins (besides this server's own and loopback ones) that may "
+                                         "call the API from a browser, e.g. https://app.example.com; globs "
+                                         "allowed, '*' for any. Other origins get 403."),
+    Setting("allowed_hosts", [], list, "Host names (besides loopback, the bound address and, when bound to all "
+                                       "interfaces, IP addresses) that requests may be addressed to; '*' for any. "
+                                       "Guards against DNS rebinding."),
+    Setting("store_changes", True, bool, "Allow pull, create, copy and delete of Ollama store models through the "
+                                         "API (they need a key whenever api_keys is set)."),
     Setting("models_dirs", [], list, "Folders whose *.gguf files are served, named by file stem."),
     Setting("models", [], list, "Models with their own settings: name, path, aliases, parallel, n_ctx, "
                                 "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads, repack (weights "
@@ -162,6 +170,8 @@ def _validate(settings: Settings) -> None:
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
     memory_budget_bytes(settings)
+    if any(not isinstance(key, str) or not key.strip() for key in settings.api_keys):
+        raise ConfigError("`api_keys` holds an empty key: an empty key would let every request in")
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,

@@ -71,7 +71,8 @@ class ChangeRun:
 
 class ModelChanges:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, store_root: str | None,
-                 default_registry: str | None = None):
+                 default_registry: str | None = None, enabled: bool = True):
+        self.enabled = enabled  # `store_changes: false` turns every change through the API off
         self.registry = registry
         self.pool = pool
         self.store = OllamaStore(Path(store_root)) if store_root else None

@@ -22,13 +22,13 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 
 from adapters.base import SSE_KEEPALIVE, Frame, compact_json, sse
 from gateway import __version__
-from gateway.auth import key_ok
+from gateway.auth import Access
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
 from gateway.polling import KEEPALIVE, TICK, KeepAlive, poll
 from gateway.routes import client_gone_probe, stream_frames, stream_response
 from gateway.tracker import STATUSES, Event, Tracker
-from gateway.types import GatewayError
+from gateway.types import ErrorKind, GatewayError
 
 TICK_SECONDS = 0.5  # how often a watcher is sent token counts, model changes and throughput
 RECENT_IN_SNAPSHOT = 100  # finished records a new watcher is sent (the dashboard shows fewer)
@@ -36,7 +36,7 @@ KEEP_ALIVE_SLACK = 2.0  # seconds a model's keep-alive countdown may drift befor
 
 
 def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool_view: PoolView,
-                     api_keys: list[str], settings: Settings) -> None:
+                     access: Access, settings: Settings) -> None:
     """Add the monitor's views to `app`; `metrics` None leaves `/metrics` out. The unload button uses the
     pool on `app.extensions["gateway"]`."""
     views = Blueprint("monitor", __name__, template_folder="dashboard/templates", static_folder="dashboard/static",
@@ -45,8 +45,10 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
 
     def guarded(view: Callable[..., Response]) -> Callable[..., Response]:
         def checked(**params: str) -> Response:
-            if not key_ok(request.headers, api_keys):
-                return _error(401, "Invalid or missing API key.")
+            try:
+                access.check({k.lower(): v for k, v in request.headers.items()})  # its POSTs take no body
+            except GatewayError as err:
+                return _error(401 if err.kind == ErrorKind.UNAUTHORIZED else 403, err.message)
             return view(**params)
 
         checked.__name__ = view.__name__
@@ -90,8 +92,8 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
 
     @views.get("/dashboard")
     def dashboard() -> str:
-        return render_template("dashboard.html", version=__version__, auth=bool(api_keys), root=request.script_root,
-                               keepalive=keepalive)
+        return render_template("dashboard.html", version=__version__, auth=bool(access.api_keys),
+                               root=request.script_root, keepalive=keepalive)
 
     if metrics is not None:
         metrics.watch(tracker.counts, pool_view)

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
-from gateway.auth import require_key
+from gateway.auth import Access
 from gateway.json_body import parse_body
 from gateway.polling import KEEPALIVE
 from gateway.service import Call, ProgressNote, Service, Streamed
@@ -32,7 +32,7 @@ log = logging.getLogger("gateway.http")
 PROGRESS_HEADER = "x-gateway-progress"  # "1": a streamed SSE response also carries `: progress {record}` lines
 
 
-def register_routes(app: Flask, routes: list[Route], service: Service, api_keys: list[str]) -> None:
+def register_routes(app: Flask, routes: list[Route], service: Service, access: Access) -> None:
     """One Flask view per path and method; where families share one (DESIGN.md, "Where paths collide"), the
     view reads the body once and the first route that `accepts` it serves, else the one without `accepts`."""
     groups: dict[tuple[str, str], list[Route]] = {}
@@ -43,17 +43,17 @@ def register_routes(app: Flask, routes: list[Route], service: Service, api_keys:
         if sum(r.accepts is None for r in group) != 1:
             raise ValueError(f"{method} {path}: exactly one route must take requests no other route accepts")
         app.add_url_rule(path, endpoint=f"{method}:{path}", methods=[method],
-                         view_func=_view(group, service, api_keys))
+                         view_func=_view(group, service, access))
 
 
-def _view(group: list[Route], service: Service, api_keys: list[str]) -> Callable[..., Response]:
+def _view(group: list[Route], service: Service, access: Access) -> Callable[..., Response]:
     def view(**path_params: str) -> Response:
-        return handle(group, service, api_keys, path_params)
+        return handle(group, service, access, path_params)
 
     return view
 
 
-def handle(group: list[Route], service: Service, api_keys: list[str], path_params: dict[str, str]) -> Response:
+def handle(group: list[Route], service: Service, access: Access, path_params: dict[str, str]) -> Response:
     started = time.monotonic()
     ctx = RequestContext(
         request_id=request_id(), created=int(time.time()),
@@ -61,8 +61,7 @@ def handle(group: list[Route], service: Service, api_keys: list[str], path_param
         query=request.args.to_dict(), method=request.method, server_version=__version__)
     route = group[-1]
     try:
-        if not all(r.public for r in group):
-            require_key(ctx.headers, api_keys)
+        access.check(ctx.headers, public=all(r.public for r in group), has_body=route.body != "none")
         body = _read_body(route)
         route = next(r for r in group if r.accepts is None or r.accepts(body, ctx))
         response = _serve(route, body, service, ctx)

@@ -120,6 +120,9 @@ class Service:
             return self.query(req)
         streaming = req.stream and call.can_stream
         if req.kind in CHANGE_KINDS:
+            if not self.changes.enabled:
+                raise GatewayError(ErrorKind.FORBIDDEN, "Changes to the model store are turned off on this server "
+                                                        "(`store_changes: false`).")
             change = ChangeRun(self.changes, req.change, call.client_gone)
             return Streamed(change, change.close) if streaming else change.last()
         record = self.tracker.open(call.request_id, call.family, call.endpoint, req.model, req.stream)

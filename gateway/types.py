@@ -20,6 +20,7 @@ class ErrorKind(str, Enum):
     NOT_FOUND = "not_found"
     CONTEXT_OVERFLOW = "context_overflow"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"  # a web page or Host this server does not serve, or a change turned off
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"

@@ -11,10 +11,11 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.auth import Access
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.monitor import EventFeed, register_monitor
-from gateway.service import KEEPALIVE
+from gateway.polling import KEEPALIVE
 from gateway.tracker import Tracker
 
 KEY = "sk-monitor"
@@ -47,7 +48,7 @@ def build(api_keys: list[str] | None = None, metrics: bool = True) -> tuple[Flas
     m = Metrics(tracker) if metrics else None
     app = Flask("gateway")
     app.extensions["gateway"] = FakeGateway(pool)
-    register_monitor(app, tracker, m, pool.view, api_keys or [], Settings())
+    register_monitor(app, tracker, m, pool.view, Access(api_keys or []), Settings())
     return app, tracker, pool
 
 
