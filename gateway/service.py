@@ -14,6 +14,7 @@ from gateway import __version__
 from gateway.backends.base import GenerationRun
 from gateway.backends.pool import Lease, ModelPool
 from gateway.engine.jobs import Finished, Piece, Prefilled, Started
+from gateway.limits import check_limits
 from gateway.model_changes import ChangeRun, ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
 from gateway.polling import KEEPALIVE, TICK, ClientGone, KeepAlive, poll
@@ -116,6 +117,7 @@ class Service:
     def run(self, req: InternalRequest, call: Call) -> Result | Streamed:
         """A request's whole life: queries answer at once; model changes run on a thread; generations and
         embeddings get the one tracker record this method opens, and close on failure."""
+        check_limits(req)
         if req.kind in QUERY_KINDS:
             return self.query(req)
         streaming = req.stream and call.can_stream

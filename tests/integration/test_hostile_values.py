@@ -108,3 +108,16 @@ def test_a_huge_seed_still_generates(server):
                       json={"model": MODEL, "messages": HI, "max_tokens": 4, "seed": 2**100})
     assert r.status_code == 200, r.text
     assert_healthy(server)
+
+
+def test_past_a_documented_limit_is_a_400_in_each_familys_shape(server):
+    stops = ["x"] * 65
+    openai_style = requests.post(server.url + "/v1/chat/completions", timeout=60,
+                                 json={"model": MODEL, "messages": HI, "stop": stops})
+    assert openai_style.status_code == 400 and openai_style.json()["error"]["param"] == "stop"
+    ollama_style = requests.post(server.url + "/api/embed", timeout=60, json={"model": MODEL, "input": ["x"] * 4097})
+    assert ollama_style.status_code == 400 and "at most 4096" in ollama_style.json()["error"]
+    claude_style = requests.post(server.url + "/v1/messages", headers=ANTHROPIC, timeout=60,
+                                 json={"model": MODEL, "max_tokens": 4, "messages": HI, "stop_sequences": stops})
+    assert claude_style.status_code == 400 and claude_style.json()["error"]["type"] == "invalid_request_error"
+    assert_healthy(server)
