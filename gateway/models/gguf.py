@@ -19,6 +19,13 @@ from typing import Any
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_KEPT_ARRAY = 1024
+# Bounds of a sane header: a hostile file (a pulled layer, a path in config) must be refused quickly, not walked
+# for minutes or into a RecursionError. Real models stay far below: ~50 keys, ~1,000 tensors, 262,144 tokens.
+MAX_KV = 65_536
+MAX_TENSORS = 1_048_576
+MAX_DIMS = 8
+MAX_ARRAY = 16_777_216
+MAX_NESTING = 4
 """Arrays longer than this (token lists, merges, scores) keep only their length: nobody lists them, and
 decoding 150k strings per model would make listings slow."""
 
@@ -192,8 +199,8 @@ class _Parser:
         version = self._unpack(_U32)
         if version not in SUPPORTED_VERSIONS:
             raise GGUFError(f"{self.path}: GGUF version {version} is not supported (only 2 and 3)")
-        tensor_count = self._unpack(_U64)
-        kv_count = self._unpack(_U64)
+        tensor_count = self._bounded(self._unpack(_U64), MAX_TENSORS, "tensors")
+        kv_count = self._bounded(self._unpack(_U64), MAX_KV, "metadata keys")
         meta = GGUFMetadata(path=self.path, version=version, kv={}, tensor_count=tensor_count)
         for _ in range(kv_count):
             self._read_kv(meta)
@@ -207,7 +214,7 @@ class _Parser:
             meta.kv[key] = self._read_value(value_type)
             return
         item_type = self._unpack(_U32)
-        length = self._unpack(_U64)
+        length = self._bounded(self._unpack(_U64), MAX_ARRAY, f"items in `{key[:64]}`")
         if length > MAX_KEPT_ARRAY:
             meta.array_lengths[key] = length
             self._skip_items(item_type, length)
@@ -216,30 +223,38 @@ class _Parser:
 
     def _read_tensor_elements(self) -> int:
         self._read_string()
-        n_dims = self._unpack(_U32)
+        n_dims = self._bounded(self._unpack(_U32), MAX_DIMS, "tensor dimensions")
         dims = [self._unpack(_U64) for _ in range(n_dims)]
         self._unpack(_U32)  # ggml type
         self._unpack(_U64)  # data offset
         return math.prod(dims)
 
-    def _read_value(self, value_type: int) -> Any:
+    def _read_value(self, value_type: int, depth: int = 0) -> Any:
         if value_type == _STRING:
             return self._read_string()
         if value_type == _ARRAY:
+            self._bounded(depth + 1, MAX_NESTING, "levels of nested arrays")
             item_type = self._unpack(_U32)
-            length = self._unpack(_U64)
-            return [self._read_value(item_type) for _ in range(length)]
+            length = self._bounded(self._unpack(_U64), MAX_KEPT_ARRAY, "items in a nested array")
+            return [self._read_value(item_type, depth + 1) for _ in range(length)]
         return self._unpack(self._scalar(value_type))
 
-    def _skip_items(self, item_type: int, count: int) -> None:
+    def _skip_items(self, item_type: int, count: int, depth: int = 0) -> None:
         if item_type == _STRING:
             for _ in range(count):
                 self._advance(self._unpack(_U64))
         elif item_type == _ARRAY:
+            self._bounded(depth + 1, MAX_NESTING, "levels of nested arrays")
             for _ in range(count):
-                self._skip_items(self._unpack(_U32), self._unpack(_U64))
+                item = self._unpack(_U32)
+                self._skip_items(item, self._bounded(self._unpack(_U64), MAX_ARRAY, "items"), depth + 1)
         else:
             self._advance(self._scalar(item_type).size * count)
+
+    def _bounded(self, count: int, limit: int, what: str) -> int:
+        if count > limit:
+            raise GGUFError(f"{self.path}: not a usable GGUF header ({count} {what}; at most {limit})")
+        return count
 
     def _scalar(self, value_type: int) -> struct.Struct:
         try:

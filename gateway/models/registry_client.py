@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from gateway import __version__
+from gateway.models.gguf import GGUFError, read_metadata
 from gateway.models.ollama_store import (
     MANIFEST_MEDIA_TYPE,
     MODEL_MEDIA_TYPE,
@@ -84,10 +85,13 @@ class RegistryClient:
         report(Progress(status="pulling manifest"))
         data = session.fetch_manifest()
         layers = _parse_manifest(data, ref)
+        fetched = set()
         for layer in _unique(layers):
-            self._fetch_blob(session, layer, report)
+            if self._fetch_blob(session, layer, report):
+                fetched.add(layer.digest)
         report(Progress(status="verifying sha256 digest"))
         session.check_stop()
+        self._check_model_layers(ref, layers, fetched)
         report(Progress(status="writing manifest"))
         self.store.write_manifest(ref, data)
         unused = previous - {layer.digest for layer in layers}
@@ -106,9 +110,23 @@ class RegistryClient:
             return self.default_registry
         return f"{scheme}://{self.default_registry}"
 
-    def _fetch_blob(self, session: _Session, layer: _RemoteLayer, report: ProgressCallback) -> None:
-        """Download one blob unless the store has it; one download per digest at a time in this process, so two
-        clients pulling the same model do not write into the same partial file."""
+    def _check_model_layers(self, ref: ModelName, layers: list[_RemoteLayer], fetched: set[str]) -> None:
+        """A model layer that is not a GGUF file fails the pull before its manifest is written, and the blobs this
+        pull brought that nothing else uses go again: the store is left as it was."""
+        for layer in layers:
+            if layer.media_type != MODEL_MEDIA_TYPE:
+                continue
+            try:
+                read_metadata(self.store.blob_path(layer.digest))
+            except GGUFError as exc:
+                self.store.remove_unused_blobs(fetched)
+                raise invalid(f"pull {ref.display}: the model layer {layer.digest[:19]} is not a usable GGUF file "
+                              f"({str(exc).rsplit(': ', 1)[-1]})", "model") from None
+
+    def _fetch_blob(self, session: _Session, layer: _RemoteLayer, report: ProgressCallback) -> bool:
+        """Download one blob unless the store has it (True when this call downloaded it); one download per digest
+        at a time in this process, so two clients pulling the same model do not write into the same partial
+        file."""
         blob = self.store.blob_path(layer.digest)
         lock = _lock_for(layer.digest)
         while not lock.acquire(timeout=LOCK_POLL_SECONDS):
@@ -117,8 +135,9 @@ class RegistryClient:
             if blob.is_file():
                 size = blob.stat().st_size
                 report(_layer_progress(layer, size, size))
-                return
+                return False
             _Download(session, layer, blob, report).run()
+            return True
         except OSError as err:  # the store's disk, not the network: full, read-only, permissions
             raise GatewayError(ErrorKind.INTERNAL, f"pull {layer.digest}: {err}") from None
         finally:

@@ -175,3 +175,26 @@ def test_embedded_smollm2() -> None:
     assert "<|im_start|>" in meta.chat_template
     assert meta.array_lengths["tokenizer.ggml.tokens"] == 49152
     assert meta.kv["tokenizer.ggml.add_bos_token"] is False
+
+
+def _nested_arrays(depth: int) -> bytes:
+    """A metadata value of `depth` arrays each holding the next; the innermost holds one u8."""
+    inner = struct.pack("<IQ", U8, 1) + b"\x01"
+    for _ in range(depth - 1):
+        inner = struct.pack("<IQ", ARRAY, 1) + inner
+    return inner
+
+
+@pytest.mark.parametrize(("header", "words"), [
+    (struct.pack("<IQQ", 3, 2**40, 0), "tensors"),
+    (struct.pack("<IQQ", 3, 0, 2**40), "metadata keys"),
+    (struct.pack("<IQQ", 3, 0, 1) + _string("k") + struct.pack("<IIQ", ARRAY, U8, 2**60), "items in `k`"),
+    (struct.pack("<IQQ", 3, 0, 1) + _string("k") + struct.pack("<I", ARRAY) + _nested_arrays(50),
+     "levels of nested arrays"),
+    (struct.pack("<IQQ", 3, 1, 0) + _string("t") + struct.pack("<I", 2**20), "tensor dimensions"),
+])
+def test_absurd_headers_are_refused_at_once(tmp_path: Path, header: bytes, words: str) -> None:
+    path = tmp_path / "absurd.gguf"
+    path.write_bytes(b"GGUF" + header + b"\x00" * 64)
+    with pytest.raises(GGUFError, match=words):
+        read_metadata(path)

@@ -438,3 +438,17 @@ def test_a_store_that_cannot_be_written_fails_with_the_reason(client, store, reg
     with pytest.raises(GatewayError, match=r"pull sha256:[0-9a-f]{64}: \[Errno 17\] File exists") as caught:
         pull(client)
     assert caught.value.kind is ErrorKind.INTERNAL
+
+
+@pytest.mark.parametrize("model_layer", [b"<html>not a model</html>" * 100, b"GGUF" + b"\xff" * 64])
+def test_a_model_layer_that_is_not_a_gguf_fails_the_pull_and_leaves_the_store_as_it_was(client, store, registry,
+                                                                                     model_layer):
+    publish_tiny(registry)
+    pull(client)  # a model already in the store: its blobs must survive the failed pull
+    before = blob_files(store)
+    registry.add_model("library/bad:latest", [("model", model_layer), ("template", b"{{ .Prompt }}!")])
+    with pytest.raises(GatewayError, match="not a usable GGUF file") as info:
+        pull(client, "bad")
+    assert info.value.kind == ErrorKind.INVALID_REQUEST
+    assert [m.name for m in store.models()] == ["tiny:latest"]
+    assert blob_files(store) == before
