@@ -99,7 +99,10 @@ class LocalBackend(Backend):
                              on_exit=self._runner_died)
 
     def _runner_died(self, runner: RunnerProcess) -> None:
-        """Called by the dead runner's reader thread; the restart waits for the next request."""
+        """Called by the dead runner's reader thread; the restart waits for the next request. A runner that ended
+        cleanly (status 0: stopped from outside) is no crash."""
+        if runner.exitcode == 0:
+            return
         reason = exit_reason(runner.exitcode)
         self.crashes.append({"at": time.time(), "reason": reason, "pid": runner.pid})
         load = self._settings.load or LoadParams()

@@ -29,6 +29,7 @@ from gateway.types import ErrorKind, GatewayError
 log = logging.getLogger("gateway.backends")
 
 STOP_SECONDS = 10.0  # how long a stopping runner may take before it is killed
+MAX_EMBEDDINGS_WAITING = 8192  # embedding inputs one runner may have queued before new ones get 429
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -54,6 +55,7 @@ class RunnerProcess:
         self._jobs: dict[int, JobHandle] = {}  # in flight, in submission order
         self._started: set[int] = set()
         self._embeds: dict[int, queue.SimpleQueue] = {}
+        self._embedding_inputs = 0  # inputs sent for embedding and not yet answered
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # guards the maps above and serialises sends
         self._stopping = False
@@ -110,13 +112,28 @@ class RunnerProcess:
         return handle
 
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Blocks until the runner has embedded every input; the runner takes one input per decode round, and
+        at most MAX_EMBEDDINGS_WAITING inputs may wait, so embeddings can neither stall nor swamp a model."""
         reply: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
             self._check_alive()
+            if self._embedding_inputs + len(inputs) > MAX_EMBEDDINGS_WAITING:
+                raise GatewayError(ErrorKind.OVERLOADED, f"The server is busy: {self._embedding_inputs} embedding "
+                                                         f"inputs are already waiting for `{self.name}`.",
+                                   details={"model": self.name, "waiting": self._embedding_inputs})
             reply_id = next(self._ids)
             self._embeds[reply_id] = reply
-            self._send_locked(("embed", reply_id, inputs))
-        result = reply.get()
+            try:
+                self._send_locked(("embed", reply_id, inputs))
+            except GatewayError:
+                del self._embeds[reply_id]
+                raise
+            self._embedding_inputs += len(inputs)
+        try:
+            result = reply.get()
+        finally:
+            with self._lock:
+                self._embedding_inputs -= len(inputs)
         if isinstance(result, BaseException):
             raise result
         return result
@@ -216,7 +233,7 @@ class RunnerProcess:
     def _fail_in_flight(self) -> None:
         err = self._death_error()
         if not self._stopping:
-            log.error("%s", err.message)
+            log.log(logging.INFO if self.exitcode == 0 else logging.ERROR, "%s", err.message)
         with self._lock:
             jobs, self._jobs = self._jobs, {}
             embeds, self._embeds = self._embeds, {}

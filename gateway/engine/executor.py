@@ -7,7 +7,6 @@ the decode loop never waits on a lock that a request thread holds.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import queue
@@ -19,6 +18,7 @@ from typing import Callable
 
 import llama_cpp
 
+from gateway.engine.embedder import Embedder
 from gateway.engine.jobs import (
     Finished,
     GenerationJob,
@@ -68,7 +68,7 @@ class Executor:
         self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._embed_ctx = None
+        self._embedder = Embedder(self.model, self.embedding_window, self.n_threads)
         self._slots = [Sequence(i) for i in range(self.parallel)]
         self._waiting: deque[JobHandle] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -149,10 +149,12 @@ class Executor:
         try:
             while not self._stopping:
                 idle = not self._waiting and all(s.handle is None for s in self._slots)
-                self._drain_inbox(block=idle)
+                self._drain_inbox(block=idle and not self._embedder.pending)
                 self._admit()
                 if any(s.handle is not None for s in self._slots):
                     self._step()
+                if self._embedder.pending:  # one input per round: embeddings never stall the streams
+                    self._embedder.step()
                 self._after_step()
         except Exception as exc:  # a bug here must not leave request threads waiting forever
             log.exception("executor %s stopped", self.name)
@@ -176,11 +178,7 @@ class Executor:
         elif kind == "cancel":
             self._cancel(payload)
         elif kind == "embed":
-            inputs, reply = payload
-            try:
-                reply.put(self._embed(inputs))
-            except BaseException as exc:
-                reply.put(exc)
+            self._embedder.add(*payload)
         elif kind == "stop":
             self._stopping = True
 
@@ -378,6 +376,7 @@ class Executor:
         while self._waiting:
             handle = self._waiting.popleft()
             self._end(handle, Finished("error", len(handle.job.prompt), 0, 0, error=err))
+        self._embedder.fail_all(err)
         self._drain_pending_messages(err)
 
     def _drain_pending_messages(self, err: GatewayError) -> None:
@@ -391,48 +390,8 @@ class Executor:
         except queue.Empty:
             return
 
-    # -- embeddings ------------------------------------------------------------------------------------------
-
-    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        if self._embed_ctx is None:
-            n_ctx = self.embedding_window
-            pooling = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            declared = self.model.meta(f"{self.model.meta('general.architecture')}.pooling_type")
-            if declared and declared.isdigit() and int(declared) > 0:
-                pooling = int(declared)
-            self._embed_ctx = new_context(self.model, n_ctx, n_ctx, 1, self.n_threads, embeddings=True,
-                                          pooling=pooling)
-            self._embed_batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
-        return [self._embed_one(tokens) for tokens in inputs]
-
-    def _embed_one(self, tokens: list[int]) -> list[float]:
-        if not tokens:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "An input is empty after tokenization.", "input")
-        if len(tokens) > self.embedding_window:
-            raise GatewayError(ErrorKind.CONTEXT_OVERFLOW,
-                               f"An input has {len(tokens)} tokens; the embedding context holds "
-                               f"{self.embedding_window}.", "input")
-        ctx, batch = self._embed_ctx, self._embed_batch
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = True
-        batch.n_tokens = len(tokens)
-        rc = llama_cpp.llama_decode(ctx, batch)
-        if rc != 0:
-            raise GatewayError(ErrorKind.INTERNAL, f"llama_decode failed with status {rc} while embedding.")
-        ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
-        vector = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))[: self.model.n_embd]
-        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-        return [v / norm for v in vector]
-
     def _free(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
-        if self._embed_ctx is not None:
-            llama_cpp.llama_batch_free(self._embed_batch)
-            llama_cpp.llama_free(self._embed_ctx)
+        self._embedder.free()
         self.model.free()

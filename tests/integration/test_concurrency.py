@@ -157,3 +157,31 @@ def test_dropped_non_stream_request_frees_its_sequence(single_server: GatewaySer
     with pytest.raises(requests.ReadTimeout), requests.Session() as session:
         session.post(single_server.url + "/v1/chat/completions", json=_long_body(False), timeout=(5, 1))
     _follow_up(single_server, abandoned_rest)
+
+
+def test_a_large_embedding_request_does_not_stall_a_running_stream(server):
+    """The runner embeds one input per decode round: a stream keeps producing tokens while a request with many
+    long inputs is embedded on the same model (before, the stream stood still until every input was done)."""
+    client = server.client()
+    inputs = ["The history of the city of Rome begins with a small village on a hill. " * 20] * 6
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
+                                            max_tokens=1500, stream=True,
+                                            extra_body={"min_tokens": 1500, "temperature": 0})
+    chunks = iter(stream)
+    next(chunks)
+    done = threading.Event()
+    during: list[int] = []
+
+    def embed() -> None:
+        client.embeddings.create(model=MODEL, input=inputs)
+        done.set()
+
+    thread = threading.Thread(target=embed)
+    thread.start()
+    for _ in chunks:
+        if done.is_set():
+            break
+        during.append(1)
+    thread.join(120)
+    stream.close()
+    assert done.is_set() and len(during) > 10
