@@ -104,7 +104,12 @@ class PromptBuilder:
         template = self._templates.get(spec.name)
         if template is None:
             source = model.chat_template() or DEFAULT_TEMPLATE
-            template = ChatTemplate(source, model.bos_text, model.eos_text)
+            try:
+                template = ChatTemplate(source, model.bos_text, model.eos_text)
+            except ValueError as exc:  # the model file's template: no request can work until it is replaced
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"The model `{spec.name}` cannot be used for chat: "
+                                                              f"its {exc}.", "model",
+                                   details={"model": spec.name}) from None
             self._templates[spec.name] = template
         return template
 

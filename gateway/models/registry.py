@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from gateway.models.gguf import GGUFError, GGUFMetadata, read_metadata
 from gateway.models.ollama_store import OllamaStore
-from gateway.types import ErrorKind, GatewayError, ModelInfo, parse_duration
+from gateway.types import MODEL_PARAMETERS, ErrorKind, GatewayError, ModelInfo, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,11 @@ class ModelRegistry:
             if spec.name in specs:
                 raise ValueError(f"models[{index}].name: {spec.name!r} is configured twice")
             specs[spec.name] = spec
+        configured_aliases = {a for s in configured for a in s.aliases} | {a for a in aliases if isinstance(a, str)}
         for spec in _scan_dirs(models_dirs) + (store_specs(ollama_root) if ollama_root else []):
+            if spec.source == "ollama" and spec.name in configured_aliases:  # copied or pulled over an alias's
+                log.warning("store model %s is hidden by the configured alias of the same name", spec.name)
+                continue                                                      # name through the API: config wins
             specs.setdefault(spec.name, spec)
         if include_embedded:
             specs.setdefault(EMBEDDED_MODEL_NAME, _embedded_spec())
@@ -270,13 +275,39 @@ def _embedded_spec() -> ModelSpec:
     return ModelSpec(name=EMBEDDED_MODEL_NAME, path=path, embedded=True, source="embedded")
 
 
+INTEGER_PARAMETERS = ("seed", "num_predict", "top_k", "repeat_last_n", "num_ctx")
+
+
+def parameter_problem(key: str, value: Any) -> str | None:
+    """Why a default parameter (Ollama's name) cannot be applied to requests, or None: every one ends up in a
+    sampler in the runner, where a string temperature would be a crash, not a message."""
+    if key not in MODEL_PARAMETERS and key != "num_ctx":
+        return None  # Ollama ignores options it does not know, and so does every request here
+    if key == "stop":
+        ok = isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else "a string or a list of strings"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "an integer" if key in INTEGER_PARAMETERS else "a number"
+    if key in INTEGER_PARAMETERS and not isinstance(value, int):
+        return "an integer"
+    return None if math.isfinite(value) else "a finite number"
+
+
 def store_specs(root: str) -> list[ModelSpec]:
-    """Every model of an Ollama store; its params and system layers become the model's defaults."""
+    """Every model of an Ollama store; its params and system layers become the model's defaults. A pulled params
+    layer is anyone's JSON: a parameter of the wrong type is dropped (and logged), not kept to fail later."""
     specs = []
     for model in OllamaStore(Path(root)).models():
+        parameters = {}
+        for key, value in model.parameters.items():
+            problem = parameter_problem(key, value)
+            if problem is None:
+                parameters[key] = value
+            else:
+                log.warning("model %s: ignoring parameter %s=%r (expected %s)", model.name, key, value, problem)
         specs.append(ModelSpec(
             name=model.name, path=str(model.model_path), system=model.system, template=model.template,
-            parameters=dict(model.parameters), digest=model.digest,
+            parameters=parameters, digest=model.digest,
             projector=str(model.projector) if model.projector else None, source="ollama"))
     return specs
 
@@ -296,6 +327,10 @@ def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
     spec = ModelSpec(**entry)
     spec.aliases = list(spec.aliases)
     spec.parameters = dict(spec.parameters)
+    for key, value in spec.parameters.items():
+        problem = parameter_problem(key, value)
+        if problem is not None:
+            raise ValueError(f"{where}.parameters.{key}: expected {problem}, got {value!r}")
     if spec.keep_alive is not None:
         try:
             spec.keep_alive = parse_duration(spec.keep_alive)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from gateway.models.registry import ModelRegistry, ModelSpec
 from gateway.types import ErrorKind, GatewayError
+from tests.unit.ollama_fixtures import gguf_bytes, put_model
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,10 @@ def test_bad_aliases(models_dir: Path, smollm2: str, aliases: dict[str, str], me
         ({"parallel": 0}, "models\\[0\\].parallel: must be at least 1"),
         ({"name": ""}, "models\\[0\\].name"),
         ({"path": "/nonexistent/model.gguf"}, "models\\[0\\].path: '/nonexistent/model.gguf' is not a file"),
+        ({"parameters": {"temperature": "hot"}}, "models\\[0\\].parameters.temperature: expected a number"),
+        ({"parameters": {"stop": [1]}}, "models\\[0\\].parameters.stop: expected a string or a list"),
+        ({"parameters": {"num_ctx": 2.5}}, "models\\[0\\].parameters.num_ctx: expected an integer"),
+        ({"parameters": {"top_p": float("nan")}}, "models\\[0\\].parameters.top_p: expected a finite"),
     ],
 )
 def test_bad_entries(smollm2: str, change: dict[str, Any], message: str) -> None:
@@ -199,3 +205,19 @@ def test_spec_defaults() -> None:
         None,
         False,
     )
+
+
+def test_a_pulled_params_layer_of_the_wrong_types_is_dropped_not_kept(tmp_path: Path) -> None:
+    params = json.dumps({"temperature": "hot", "stop": ["<end>"], "seed": True, "mirostat": "ignored"}).encode()
+    put_model(tmp_path / "store", "registry.ollama.ai/library/odd/latest",
+              [("model", gguf_bytes()), ("params", params)])
+    registry = ModelRegistry.discover([], [], {}, include_embedded=False, ollama_root=str(tmp_path / "store"))
+    assert registry.resolve("odd").parameters == {"stop": ["<end>"], "mirostat": "ignored"}
+
+
+def test_a_store_model_named_like_a_configured_alias_is_hidden_not_a_crash(tmp_path: Path, smollm2: str) -> None:
+    put_model(tmp_path / "store", "registry.ollama.ai/library/gpt-4o-mini/latest", [("model", gguf_bytes())])
+    registry = ModelRegistry.discover([], [], {"gpt-4o-mini:latest": EMBEDDED_MODEL_NAME},
+                                      ollama_root=str(tmp_path / "store"))
+    registry.reload()
+    assert registry.resolve("gpt-4o-mini:latest").name == EMBEDDED_MODEL_NAME

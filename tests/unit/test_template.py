@@ -7,10 +7,12 @@ from datetime import datetime
 
 import pytest
 
+from gateway.backends.prompts import PromptBuilder
 from gateway.engine.template import DEFAULT_TEMPLATE, ChatTemplate, tojson
 from gateway.models.embedded import embedded_model_path
 from gateway.models.gguf import read_metadata
-from gateway.types import ErrorKind, GatewayError, Message, Tool, ToolCall
+from gateway.models.registry import ModelSpec
+from gateway.types import ErrorKind, GatewayError, InternalRequest, Message, Tool, ToolCall
 
 DUMP = "{{ messages | tojson }}|{{ tools | tojson }}"
 
@@ -154,3 +156,20 @@ def test_tojson_matches_transformers() -> None:
     assert rendered == json.dumps({"role": "user", "content": "é"}, ensure_ascii=False, indent=2, sort_keys=True)
     compact = ChatTemplate("{{ messages[0] | tojson(separators=(',', ':')) }}").render([Message("user", "ü")])
     assert compact == '{"role":"user","content":"ü"}'
+
+
+class _BrokenTemplateModel:
+    """A model file whose chat template does not compile (anyone can write such a GGUF or pull one)."""
+
+    bos_text = eos_text = ""
+
+    def chat_template(self) -> str:
+        return "{% for m in messages %}{{ m.content }"
+
+
+def test_a_template_that_does_not_compile_is_a_4xx_naming_the_model() -> None:
+    req = InternalRequest(kind="chat", model="odd", messages=[Message("user", "hi")])
+    with pytest.raises(GatewayError) as info:
+        PromptBuilder().render_chat(req, ModelSpec("odd", "/m.gguf"), _BrokenTemplateModel())
+    assert info.value.kind == ErrorKind.INVALID_REQUEST and "`odd`" in info.value.message
+    assert info.value.param == "model"
