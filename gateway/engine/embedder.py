@@ -2,14 +2,16 @@
 
 The executor's loop thread owns every context of its model, so embeddings run there too; but a request with
 hundreds of inputs must not stall every stream of that model until it is done. The embedder queues requests
-and embeds a single input each time the loop comes round, so a running stream waits at most one input's
-decode between two of its tokens.
+and embeds one input at a time (an input cannot be split: pooling needs it whole in one batch). While streams
+run, it waits after each input for as long as that input took, so the streams keep at least half of the time
+and a stream waits at most one input's decode between two of its tokens.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +37,14 @@ class Embedder:
         self._queue: deque[_Work] = deque()
         self._ctx = None
         self._batch = None
+        self._next_at = 0.0  # monotonic: while streams run, no input starts before this
 
     @property
     def pending(self) -> bool:
         return bool(self._queue)
+
+    def ready(self, streams_running: bool) -> bool:
+        return bool(self._queue) and (not streams_running or time.monotonic() >= self._next_at)
 
     def add(self, inputs: list[list[int]], reply: Any) -> None:
         self._queue.append(_Work(inputs, reply))
@@ -46,12 +52,16 @@ class Embedder:
     def step(self) -> None:
         """Embed the next input of the oldest request; answer the request when its last input is done."""
         work = self._queue[0]
+        started = time.monotonic()
         try:
             work.vectors.append(self._embed(work.inputs[len(work.vectors)]))
         except Exception as exc:
             self._queue.popleft()
             work.reply.put(exc)
             return
+        finally:
+            now = time.monotonic()
+            self._next_at = now + (now - started)
         if len(work.vectors) == len(work.inputs):
             self._queue.popleft()
             work.reply.put(work.vectors)

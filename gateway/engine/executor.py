@@ -151,9 +151,10 @@ class Executor:
                 idle = not self._waiting and all(s.handle is None for s in self._slots)
                 self._drain_inbox(block=idle and not self._embedder.pending)
                 self._admit()
-                if any(s.handle is not None for s in self._slots):
+                streams = any(s.handle is not None for s in self._slots)
+                if streams:
                     self._step()
-                if self._embedder.pending:  # one input per round: embeddings never stall the streams
+                if self._embedder.ready(streams):  # one input at a time, in turns with the streams
                     self._embedder.step()
                 self._after_step()
         except Exception as exc:  # a bug here must not leave request threads waiting forever

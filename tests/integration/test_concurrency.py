@@ -160,8 +160,9 @@ def test_dropped_non_stream_request_frees_its_sequence(single_server: GatewaySer
 
 
 def test_a_large_embedding_request_does_not_stall_a_running_stream(server):
-    """The runner embeds one input per decode round: a stream keeps producing tokens while a request with many
-    long inputs is embedded on the same model (before, the stream stood still until every input was done)."""
+    """The runner embeds one input at a time in turns with the streams: a stream keeps producing tokens while a
+    request with several long inputs is embedded on the same model (before, the stream stood still until every
+    input was done)."""
     client = server.client()
     inputs = ["The history of the city of Rome begins with a small village on a hill. " * 20] * 6
     stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
