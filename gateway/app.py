@@ -58,7 +58,8 @@ def build_gateway(settings: Settings) -> Gateway:
                          prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
                          max_queue=settings.max_queue),
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
-    changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes)
+    changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,
+                           settings.registry_private_networks)
     tracker = Tracker(settings.request_history)
     metrics = Metrics(tracker) if settings.metrics else None
     service = Service(registry, pool, settings.keepalive_seconds, changes, tracker)

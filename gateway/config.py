@@ -58,6 +58,9 @@ SETTINGS: list[Setting] = [
                                           "~/.ollama/models if it exists), 'off', or a folder."),
     Setting("ollama_registry", "https://registry.ollama.ai", str,
             "Registry that /api/pull uses for names without a host (the Ollama registry protocol)."),
+    Setting("registry_private_networks", False, bool, "Let /api/pull reach registries at loopback, private or "
+                                                      "link-local addresses (names with such a host, redirects "
+                                                      "to them); `ollama_registry` itself is always allowed."),
     Setting("aliases", {}, dict, "Extra names for models; keys may be globs (`claude-*: smollm2-135m-instruct`)."),
     Setting("embedded_model", True, bool, "Serve the embedded SmolLM2-135M-Instruct model."),
     Setting("parallel", 4, int, "Sequences decoded together per model (continuous batching)."),

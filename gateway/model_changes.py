@@ -71,8 +71,9 @@ class ChangeRun:
 
 class ModelChanges:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, store_root: str | None,
-                 default_registry: str | None = None, enabled: bool = True):
+                 default_registry: str | None = None, enabled: bool = True, private_networks: bool = False):
         self.enabled = enabled  # `store_changes: false` turns every change through the API off
+        self.private_networks = private_networks  # pulls may reach private addresses (registry_client.py)
         self.registry = registry
         self.pool = pool
         self.store = OllamaStore(Path(store_root)) if store_root else None
@@ -91,7 +92,8 @@ class ModelChanges:
             elif change.op == "create":
                 self._create(store, change, report)
             else:
-                RegistryClient(store, self.default_registry).pull(change.name, change.insecure, report, should_stop)
+                client = RegistryClient(store, self.default_registry, private_networks=self.private_networks)
+                client.pull(change.name, change.insecure, report, should_stop)
         finally:
             self.registry.reload()
         if change.op in ("copy", "delete"):

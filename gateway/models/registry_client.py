@@ -11,8 +11,10 @@ Ollama clients print them. Standard library only; every socket operation has a t
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -61,10 +63,14 @@ class RegistryClient:
     `smollm2:latest` afterwards. Without a scheme there, or for names with a host, https is used unless the pull
     is `insecure` (Ollama's rule: insecure means plain http)."""
 
-    def __init__(self, store: OllamaStore, default_registry: str | None = None, timeout: float = 30.0):
+    def __init__(self, store: OllamaStore, default_registry: str | None = None, timeout: float = 30.0,
+                 private_networks: bool = False):
         self.store = store
         self.default_registry = default_registry.rstrip("/") if default_registry else None
         self.timeout = timeout
+        # A name may carry any host, and the API may be called by anyone who may pull: without this opt-in, a
+        # pull never reaches loopback, private or link-local addresses (the configured default registry aside).
+        self.private_networks = private_networks
 
     def pull(
         self,
@@ -79,7 +85,11 @@ class RegistryClient:
         if ref is None:
             raise invalid("invalid model name", "model")
         ref = self.store.existing_name(ref)
-        session = _Session(self._base_url(ref, insecure), ref, self.timeout, should_stop or _never)
+        base_url = self._base_url(ref, insecure)
+        trusted = not ref.host_given and self.default_registry is not None
+        if not (trusted or self.private_networks):
+            check_public_host(urllib.parse.urlsplit(base_url).hostname or "", "pull model manifest")
+        session = _Session(base_url, ref, self.timeout, should_stop or _never, self.private_networks)
         report = on_progress or _ignore
         previous = self.store.manifest_digests(ref)
         report(Progress(status="pulling manifest"))
@@ -147,13 +157,14 @@ class RegistryClient:
 class _Session:
     """One pull's HTTP conversation with one registry repository, holding the bearer token once it has one."""
 
-    def __init__(self, base_url: str, ref: ModelName, timeout: float, should_stop: Callable[[], bool]):
+    def __init__(self, base_url: str, ref: ModelName, timeout: float, should_stop: Callable[[], bool],
+                 private_networks: bool = False):
         self.base_url = base_url
         self.ref = ref
         self.timeout = timeout
         self.should_stop = should_stop
         self.token: str | None = None
-        self.opener = urllib.request.build_opener()
+        self.opener = urllib.request.build_opener(_Redirects(base_url, private_networks))
 
     def check_stop(self) -> None:
         if self.should_stop():
@@ -376,13 +387,61 @@ def _challenge_values(params: str) -> dict[str, str]:
 
 
 def _status_error(what: str, status: int, body: str) -> GatewayError:
-    """Ollama's wording: a 404 is `file does not exist`, anything else `<status>: <body>`."""
+    """Ollama's wording: a 404 is `file does not exist`, anything else `<status>: <message>`, where the message
+    is the registry's own error message (OCI `{"errors": [{"message"}]}`) and never an arbitrary body: a pull can
+    be pointed at any host, and what that host answers must not be read back through us."""
     if status == 404:
         return GatewayError(ErrorKind.NOT_FOUND, f"{what}: file does not exist", param="model")
     if status == 401:
         return GatewayError(ErrorKind.INTERNAL, f"{what}: unauthorized: access denied")
     kind = ErrorKind.UNAVAILABLE if status >= 500 or status == 429 else ErrorKind.INTERNAL
-    return GatewayError(kind, f"{what}: {status}" + (f": {body}" if body else ""))
+    message = _registry_message(body)
+    return GatewayError(kind, f"{what}: {status}" + (f": {message}" if message else ""))
+
+
+def _registry_message(body: str) -> str:
+    try:
+        errors = json.loads(body).get("errors")
+        message = errors[0].get("message") or errors[0].get("code")
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+    if not isinstance(message, str):
+        return ""
+    return "".join(c for c in message if c.isprintable())[:200]
+
+
+def check_public_host(host: str, what: str) -> None:
+    """Refuse a registry host that is, or resolves to, a loopback, private, link-local or otherwise special
+    address (server-side request forgery through /api/pull)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError) as err:
+        raise GatewayError(ErrorKind.UNAVAILABLE, f"{what}: {host}: {err}") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise GatewayError(ErrorKind.FORBIDDEN, f"{what}: {host} is on a private or local network ({ip}); "
+                                                    "`registry_private_networks: true` allows it", "model")
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Redirects go to https only (or to http when the registry itself is plain http, an `insecure` pull), and
+    to public hosts only unless private networks are allowed: never file:, ftp: or the cloud metadata address."""
+
+    def __init__(self, base_url: str, private_networks: bool):
+        super().__init__()
+        self.allowed_schemes = ("https", "http") if base_url.startswith("http://") else ("https",)
+        self.base_host = urllib.parse.urlsplit(base_url).hostname
+        self.private_networks = private_networks
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        if target.scheme not in self.allowed_schemes:
+            raise GatewayError(ErrorKind.INTERNAL, f"the registry redirected to a {target.scheme or 'relative'}: "
+                                                   "URL, which a pull does not follow")
+        if not self.private_networks and target.hostname != self.base_host:
+            check_public_host(target.hostname or "", "redirect")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _network_error(what: str, err: Exception) -> GatewayError:

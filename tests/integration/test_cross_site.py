@@ -131,3 +131,13 @@ def test_a_page_from_another_origin_in_chromium_changes_nothing(server, attack_s
     assert requests.get(server.url + "/api/tags", timeout=30).json()["models"]  # the model was not deleted
     running = requests.get(server.url + "/api/ps", timeout=30).json()["models"]
     assert any(m["name"].startswith(MODEL) for m in running)  # nor unloaded
+
+
+def test_a_pull_from_a_private_address_needs_the_opt_in(server):
+    """Server-side request forgery through /api/pull: a name may carry any host; without
+    `registry_private_networks` none on loopback, private or link-local addresses is contacted."""
+    before = store_files(server)
+    r = send(server, "POST", "/api/pull", {"model": "169.254.169.254/latest/meta-data", "insecure": True,
+                                          "stream": False})
+    assert r.status_code == 403 and "private or local network" in r.json()["error"]
+    assert store_files(server) == before

@@ -27,7 +27,9 @@ QUESTION = [{"role": "user", "content": "Name three colors."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    with GatewayServer(tmp_path_factory.mktemp("gateway-ollama"), DEFAULT_CONFIG) as gw:
+    # the test registries listen on loopback: pulls may reach them only with the opt-in
+    config = {**DEFAULT_CONFIG, "registry_private_networks": True}
+    with GatewayServer(tmp_path_factory.mktemp("gateway-ollama"), config) as gw:
         yield gw
         if not gw.alive():
             pytest.fail(f"the gateway died during the module's tests:\n{gw.log_tail()}")
