@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import shutil
 import socket
 import threading
 import urllib.error
@@ -40,6 +41,7 @@ from gateway.types import ErrorKind, GatewayError, Progress, invalid
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+DISK_RESERVE = 256 << 20  # bytes a pull leaves free on the store's disk
 PROGRESS_BYTES = 64 << 20
 """A layer's progress is reported every 1 % of it, or every 64 MiB when that comes first."""
 MAX_MANIFEST_BYTES = 4 << 20
@@ -95,6 +97,7 @@ class RegistryClient:
         report(Progress(status="pulling manifest"))
         data = session.fetch_manifest()
         layers = _parse_manifest(data, ref)
+        self._check_disk(ref, layers)
         fetched = set()
         for layer in _unique(layers):
             if self._fetch_blob(session, layer, report):
@@ -119,6 +122,24 @@ class RegistryClient:
         if "://" in self.default_registry:
             return self.default_registry
         return f"{scheme}://{self.default_registry}"
+
+    def _check_disk(self, ref: ModelName, layers: list[_RemoteLayer]) -> None:
+        """Refuse a pull whose missing blobs do not fit the store's disk (with DISK_RESERVE to spare) before a
+        byte is written, rather than filling the disk and failing half-way."""
+        needed = 0
+        for layer in _unique(layers):
+            blob = self.store.blob_path(layer.digest)
+            if not blob.is_file():
+                partial = blob.with_name(blob.name + "-partial")
+                needed += max(0, layer.size - (partial.stat().st_size if partial.is_file() else 0))
+        folder = self.store.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if needed + DISK_RESERVE > free:
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"pull {ref.display}: not enough disk space: the model needs "
+                                                      f"{needed / 2**30:.2f} GiB more and {free / 2**30:.2f} GiB "
+                                                      "are free", details={"needed": needed, "free": free})
 
     def _check_model_layers(self, ref: ModelName, layers: list[_RemoteLayer], fetched: set[str]) -> None:
         """A model layer that is not a GGUF file fails the pull before its manifest is written, and the blobs this

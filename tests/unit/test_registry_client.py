@@ -8,6 +8,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -497,3 +498,15 @@ def test_a_registrys_error_body_is_not_read_back_but_its_oci_message_is(client, 
     registry.manifest_status = (400, b'{"errors": [{"code": "DENIED", "message": "repository is private"}]}')
     with pytest.raises(GatewayError, match="400: repository is private"):
         pull(client)
+
+
+def test_a_pull_that_would_not_fit_the_disk_is_refused_before_writing(client, store, registry, monkeypatch):
+    publish_tiny(registry)
+    free = registry_client.DISK_RESERVE + len(GGUF) // 2
+    monkeypatch.setattr(registry_client.shutil, "disk_usage", lambda _path: SimpleNamespace(free=free))
+    with pytest.raises(GatewayError, match="not enough disk space") as info:
+        pull(client)
+    assert info.value.kind is ErrorKind.UNAVAILABLE
+    assert blob_files(store) == [] and store.models() == []
+    assert not registry.blob_requests()  # not a byte was asked for
+
