@@ -26,6 +26,7 @@ log = logging.getLogger("gateway.models")
 
 Report = Callable[[Progress], None]
 _END = object()
+STORE_WAIT_POLL = 0.5  # seconds between checks that a change waiting for the store still has its client
 
 
 class ChangeRun:
@@ -74,6 +75,7 @@ class ModelChanges:
                  default_registry: str | None = None, enabled: bool = True, private_networks: bool = False):
         self.enabled = enabled  # `store_changes: false` turns every change through the API off
         self.private_networks = private_networks  # pulls may reach private addresses (registry_client.py)
+        self._store_lock = threading.Lock()
         self.registry = registry
         self.pool = pool
         self.store = OllamaStore(Path(store_root)) if store_root else None
@@ -84,6 +86,7 @@ class ModelChanges:
         if store is None:
             raise invalid("The Ollama model store is off (`ollama_models: off`), so models cannot be changed.",
                           "model")
+        self._take_store(report, should_stop)
         try:
             if change.op == "copy":
                 self._copy(store, change)
@@ -95,9 +98,21 @@ class ModelChanges:
                 client = RegistryClient(store, self.default_registry, private_networks=self.private_networks)
                 client.pull(change.name, change.insecure, report, should_stop)
         finally:
+            self._store_lock.release()
             self.registry.reload()
         if change.op in ("copy", "delete"):
             report(Progress("success"))
+
+    def _take_store(self, report: Report, should_stop: Callable[[], bool]) -> None:
+        """One change at a time: a delete must not remove a blob that a concurrent pull or create has just found
+        and reused. A change that waits says so, and gives up if its client leaves."""
+        told = False
+        while not self._store_lock.acquire(timeout=STORE_WAIT_POLL):
+            if should_stop():
+                raise GatewayError(ErrorKind.INTERNAL, "The change was cancelled while it waited for another one.")
+            if not told:
+                report(Progress("waiting for another change to the model store"))
+                told = True
 
     def _copy(self, store: OllamaStore, change: ModelChange) -> None:
         if store.locate(change.source) is not None:
