@@ -23,7 +23,7 @@ from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
 from gateway.monitor import register_monitor
-from gateway.routes import register_fallbacks, register_routes
+from gateway.routes import register_fallbacks, register_routes, register_send_timeout
 from gateway.service import Service
 from gateway.tracker import Tracker
 
@@ -90,4 +90,5 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     register_routes(app, ROUTES, gateway.service, access)
     register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings)
     register_fallbacks(app, openai.ROUTES[0])
+    register_send_timeout(app, settings.send_timeout)
     return app

@@ -79,6 +79,8 @@ SETTINGS: list[Setting] = [
     Setting("context_overflow", "truncate", str, "An Ollama chat longer than its window: 'truncate' drops the "
                                                  "oldest turns (as Ollama does), 'error' answers 400."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
+    Setting("send_timeout", 60.0, float, "Seconds a write to a client that stopped reading may make no progress "
+                                         "before the connection is closed and its request cancelled."),
     Setting("request_history", 1000, int, "Finished requests kept for /api/requests and the dashboard."),
     Setting("metrics", True, bool, "Serve Prometheus metrics at /metrics."),
 ]
@@ -160,7 +162,7 @@ def load_settings(config_file: str | None = None, env: Mapping[str, str] | None 
 
 
 def _validate(settings: Settings) -> None:
-    positive = ("port", "http_threads", "parallel", "n_batch", "prefill_chunk", "max_body_bytes")
+    positive = ("port", "http_threads", "parallel", "n_batch", "prefill_chunk", "max_body_bytes", "send_timeout")
     for key in positive:
         if settings.values[key] <= 0:
             raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")

@@ -144,6 +144,19 @@ def _read_body(route: Route) -> Any:
     return parse_body(raw)
 
 
+def register_send_timeout(app: Flask, seconds: float) -> None:
+    """A client that stops reading must not hold an HTTP thread forever: once the socket's buffers are full, a
+    write that makes no progress for `seconds` fails, gunicorn closes the connection, and closing the response
+    cancels its generation. (gunicorn puts the socket back in blocking mode for the next request.)"""
+
+    def set_timeout() -> None:
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(seconds)
+
+    app.before_request(set_timeout)
+
+
 def client_gone_probe() -> Callable[[], bool]:
     """A check that the client's socket is closed (readable with nothing to read), for requests that write
     nothing for a long time: a non-streaming generation, or a stream still in prefill."""
