@@ -80,6 +80,9 @@ class ModelChanges:
         self.pool = pool
         self.store = OllamaStore(Path(store_root)) if store_root else None
         self.default_registry = default_registry
+        if self.store is not None:  # at start, no download is running: what a stopped server left is garbage
+            for name in self.store.remove_partials():
+                log.info("removed the unfinished download %s", name)
 
     def run(self, change: ModelChange, report: Report, should_stop: Callable[[], bool]) -> None:
         store = self.store

@@ -208,6 +208,17 @@ class OllamaStore:
             raise ValueError(f"invalid model name: {name}")
         return self.manifests_dir.joinpath(*name.parts)
 
+    def remove_partials(self) -> list[str]:
+        """Delete the `-partial` downloads a stopped server left (a pull resumes only within its own run or after
+        its client left); the names removed."""
+        if not self.blobs_dir.is_dir():
+            return []
+        removed = []
+        for partial in self.blobs_dir.glob("sha256-*-partial"):
+            partial.unlink(missing_ok=True)
+            removed.append(partial.name)
+        return removed
+
     def blob_path(self, digest: str) -> Path:
         """The file of a `sha256:<hex>` digest; ValueError for anything else, so a manifest cannot name a path."""
         return self.blobs_dir / f"sha256-{digest_hex(digest)}"

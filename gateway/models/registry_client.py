@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 DISK_RESERVE = 256 << 20  # bytes a pull leaves free on the store's disk
+RESUMES = 3  # times one pull resumes a blob whose connection broke off
 PROGRESS_BYTES = 64 << 20
 """A layer's progress is reported every 1 % of it, or every 64 MiB when that comes first."""
 MAX_MANIFEST_BYTES = 4 << 20
@@ -98,10 +99,15 @@ class RegistryClient:
         data = session.fetch_manifest()
         layers = _parse_manifest(data, ref)
         self._check_disk(ref, layers)
-        fetched = set()
-        for layer in _unique(layers):
-            if self._fetch_blob(session, layer, report):
-                fetched.add(layer.digest)
+        fetched: set[str] = set()
+        try:
+            for layer in _unique(layers):
+                if self._fetch_blob(session, layer, report):
+                    fetched.add(layer.digest)
+        except GatewayError:
+            if not session.should_stop():  # a failed pull takes the blobs it brought; a cancelled one keeps them
+                self.store.remove_unused_blobs(fetched)
+            raise
         report(Progress(status="verifying sha256 digest"))
         session.check_stop()
         self._check_model_layers(ref, layers, fetched)
@@ -272,13 +278,20 @@ class _Download:
         self.step = max(1, min(layer.size // 100, PROGRESS_BYTES))
 
     def run(self) -> None:
+        """A pull that fails leaves no partial behind (the store is as it was); only a pull whose client left
+        keeps its partial, for the next try to resume."""
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._hash_partial()
-        self.partial.touch()
-        self._progress(force=True)
-        if self.completed < self.layer.size:
-            self._receive()
-        self._verify()
+        try:
+            self.partial.touch()
+            self._progress(force=True)
+            if self.completed < self.layer.size:
+                self._receive()
+            self._verify()
+        except (GatewayError, OSError):
+            if not self.session.should_stop():
+                self.partial.unlink(missing_ok=True)
+            raise
         self.partial.replace(self.blob)
 
     def _hash_partial(self) -> None:
@@ -294,14 +307,23 @@ class _Download:
                 self.completed += len(chunk)
 
     def _receive(self) -> None:
-        offset = self.completed
-        with self.session.open_blob(self.layer.digest, offset) as response:
-            if offset and not (response.status == 206 and _range_starts_at(response, offset)):
-                self._restart()
-            self._copy(response)
-        if self.completed < self.layer.size:
-            raise GatewayError(ErrorKind.UNAVAILABLE, f"pull {self.layer.digest}: the connection closed after "
-                                                      f"{self.completed} of {self.layer.size} bytes")
+        """Download the rest; a connection that breaks off is resumed with a Range request, RESUMES times."""
+        for attempt in range(RESUMES + 1):
+            offset = self.completed
+            try:
+                with self.session.open_blob(self.layer.digest, offset) as response:
+                    if offset and not (response.status == 206 and _range_starts_at(response, offset)):
+                        self._restart()
+                    self._copy(response)
+            except GatewayError as err:
+                if err.kind is not ErrorKind.UNAVAILABLE or attempt == RESUMES or self.session.should_stop():
+                    raise
+            if self.completed >= self.layer.size:
+                return
+            log.info("pull %s: the connection closed after %d of %d bytes; resuming", self.layer.digest,
+                     self.completed, self.layer.size)
+        raise GatewayError(ErrorKind.UNAVAILABLE, f"pull {self.layer.digest}: the connection closed after "
+                                                  f"{self.completed} of {self.layer.size} bytes")
 
     def _copy(self, response: HTTPResponse) -> None:
         with open(self.partial, "ab") as out:

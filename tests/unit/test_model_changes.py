@@ -58,3 +58,13 @@ def test_a_waiting_change_whose_client_left_gives_up(changes, monkeypatch):
             changes.run(ModelChange("delete", "b"), lambda p: None, lambda: True)
     finally:
         changes._store_lock.release()
+
+
+def test_at_start_the_unfinished_downloads_a_stopped_server_left_are_removed(tmp_path: Path):
+    blobs = tmp_path / "store" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"sha256-{'a' * 64}-partial").write_bytes(b"half")
+    (blobs / f"sha256-{'b' * 64}").write_bytes(b"whole")
+    registry = ModelRegistry.discover([], [], {}, include_embedded=True, ollama_root=str(tmp_path / "store"))
+    ModelChanges(registry, NoPool(), str(tmp_path / "store"))
+    assert sorted(p.name for p in blobs.iterdir()) == [f"sha256-{'b' * 64}"]
