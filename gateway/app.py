@@ -59,7 +59,7 @@ def build_gateway(settings: Settings) -> Gateway:
                          max_queue=settings.max_queue),
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,
-                           settings.registry_private_networks)
+                           settings.registry_private_networks, settings.registry_hosts)
     tracker = Tracker(settings.request_history)
     metrics = Metrics(tracker) if settings.metrics else None
     service = Service(registry, pool, settings.keepalive_seconds, changes, tracker)

@@ -58,6 +58,9 @@ SETTINGS: list[Setting] = [
                                           "~/.ollama/models if it exists), 'off', or a folder."),
     Setting("ollama_registry", "https://registry.ollama.ai", str,
             "Registry that /api/pull uses for names without a host (the Ollama registry protocol)."),
+    Setting("registry_hosts", [], list, "Hosts (globs allowed, with a port where one is used) that model names "
+                                        "given with a host may be pulled from; empty: any. `ollama_registry` is "
+                                        "always allowed."),
     Setting("registry_private_networks", False, bool, "Let /api/pull reach registries at loopback, private or "
                                                       "link-local addresses (names with such a host, redirects "
                                                       "to them); `ollama_registry` itself is always allowed."),

@@ -72,9 +72,11 @@ class ChangeRun:
 
 class ModelChanges:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, store_root: str | None,
-                 default_registry: str | None = None, enabled: bool = True, private_networks: bool = False):
+                 default_registry: str | None = None, enabled: bool = True, private_networks: bool = False,
+                 registry_hosts: list[str] | None = None):
         self.enabled = enabled  # `store_changes: false` turns every change through the API off
         self.private_networks = private_networks  # pulls may reach private addresses (registry_client.py)
+        self.registry_hosts = registry_hosts or []  # hosts a name may pull from; empty: any
         self._store_lock = threading.Lock()
         self.registry = registry
         self.pool = pool
@@ -98,7 +100,8 @@ class ModelChanges:
             elif change.op == "create":
                 self._create(store, change, report)
             else:
-                client = RegistryClient(store, self.default_registry, private_networks=self.private_networks)
+                client = RegistryClient(store, self.default_registry, private_networks=self.private_networks,
+                                        allowed_hosts=self.registry_hosts)
                 client.pull(change.name, change.insecure, report, should_stop)
         finally:
             self._store_lock.release()

@@ -22,7 +22,7 @@ from typing import Callable
 from gateway.backends.base import Backend
 from gateway.engine.cpu import resolve_repack
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.llama import LoadParams
+from gateway.engine.llama import LoadParams, supports_gpu_offload
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError
 
@@ -292,10 +292,18 @@ class ModelPool:
             # a client's num_thread applies only when its request loads the model: never beyond this machine
             n_threads=spec.n_threads or min(options.get("n_threads") or 0, os.cpu_count() or 1) or base.n_threads,
             max_queue=base.max_queue,
-            load=LoadParams(n_gpu_layers=options.get("n_gpu_layers", spec.n_gpu_layers), split_mode=spec.split_mode,
+            load=LoadParams(n_gpu_layers=_gpu_layers(options, spec), split_mode=spec.split_mode,
                             main_gpu=spec.main_gpu, tensor_split=spec.tensor_split,
                             repack=resolve_repack(spec.repack)),
         )
+
+
+def _gpu_layers(options: dict[str, int], spec: ModelSpec) -> int:
+    """A client's num_gpu applies only where this machine can offload at all (llama.cpp clamps the count to the
+    model's layers itself); elsewhere the model's own setting stands."""
+    if "n_gpu_layers" not in options or not supports_gpu_offload():
+        return spec.n_gpu_layers
+    return max(-1, options["n_gpu_layers"])
 
 
 def _gib(n: int) -> str:

@@ -10,6 +10,7 @@ Ollama clients print them. Standard library only; every socket operation has a t
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import ipaddress
 import json
@@ -67,13 +68,14 @@ class RegistryClient:
     is `insecure` (Ollama's rule: insecure means plain http)."""
 
     def __init__(self, store: OllamaStore, default_registry: str | None = None, timeout: float = 30.0,
-                 private_networks: bool = False):
+                 private_networks: bool = False, allowed_hosts: list[str] | None = None):
         self.store = store
         self.default_registry = default_registry.rstrip("/") if default_registry else None
         self.timeout = timeout
         # A name may carry any host, and the API may be called by anyone who may pull: without this opt-in, a
         # pull never reaches loopback, private or link-local addresses (the configured default registry aside).
         self.private_networks = private_networks
+        self.allowed_hosts = [h.lower() for h in allowed_hosts or []]  # empty: any host
 
     def pull(
         self,
@@ -90,6 +92,11 @@ class RegistryClient:
         ref = self.store.existing_name(ref)
         base_url = self._base_url(ref, insecure)
         trusted = not ref.host_given and self.default_registry is not None
+        host = (urllib.parse.urlsplit(base_url).netloc or "").lower()
+        if not trusted and self.allowed_hosts and not any(fnmatch.fnmatchcase(host, h) for h in self.allowed_hosts):
+            allowed = ", ".join(self.allowed_hosts)
+            raise GatewayError(ErrorKind.FORBIDDEN, f"pull: this server pulls only from {allowed} (`registry_hosts`), "
+                                                    f"not from {host}", "model")
         if not (trusted or self.private_networks):
             check_public_host(urllib.parse.urlsplit(base_url).hostname or "", "pull model manifest")
         session = _Session(base_url, ref, self.timeout, should_stop or _never, self.private_networks)

@@ -182,3 +182,13 @@ def test_a_clients_thread_count_never_exceeds_the_machine():
     pool, loads = make_pool()
     pool.acquire(spec("a"), {"n_threads": 10_000}).release()
     assert loads.executors[0].settings.n_threads <= (os.cpu_count() or 1)
+
+
+def test_a_clients_gpu_layers_apply_only_where_the_machine_can_offload(monkeypatch):
+    monkeypatch.setattr("gateway.backends.pool.supports_gpu_offload", lambda: False)
+    pool, loads = make_pool()
+    pool.acquire(spec("a"), {"n_gpu_layers": 99}).release()
+    assert loads.executors[0].settings.load.n_gpu_layers == 0
+    monkeypatch.setattr("gateway.backends.pool.supports_gpu_offload", lambda: True)
+    pool.acquire(spec("b"), {"n_gpu_layers": -7}).release()
+    assert loads.executors[1].settings.load.n_gpu_layers == -1

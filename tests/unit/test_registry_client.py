@@ -543,3 +543,14 @@ def test_a_pull_that_would_not_fit_the_disk_is_refused_before_writing(client, st
     assert blob_files(store) == [] and store.models() == []
     assert not registry.blob_requests()  # not a byte was asked for
 
+
+
+def test_registry_hosts_limit_where_names_with_a_host_may_pull_from(store, registry):
+    publish_tiny(registry)
+    limited = RegistryClient(store, timeout=5, private_networks=True, allowed_hosts=["registry.example.com"])
+    with pytest.raises(GatewayError, match="pulls only from registry.example.com") as info:
+        limited.pull(f"{registry.host}/library/tiny", insecure=True)
+    assert info.value.kind is ErrorKind.FORBIDDEN and registry.requests == []
+    allowed = RegistryClient(store, timeout=5, private_networks=True, allowed_hosts=["127.0.0.1:*"])
+    allowed.pull(f"{registry.host}/library/tiny", insecure=True)
+    assert len(store.models()) == 1
