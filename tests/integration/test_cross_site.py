@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer, free_port
-from tests.integration.test_dashboard_browser import CHROMIUM_FLAGS, browser_paths
+from tests.integration.test_dashboard_browser import chromium
 
 pytestmark = pytest.mark.integration
 
@@ -109,24 +109,15 @@ def attack_site(server: GatewayServer, tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_page_from_another_origin_in_chromium_changes_nothing(server, attack_site, tmp_path):
-    chromium, driver_path = browser_paths()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
     send(server, "POST", "/api/generate", {"model": MODEL})  # loaded: the unload attempt has something to do
     before = store_files(server)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
-    try:
+    with chromium(tmp_path / "profile") as driver:
         driver.get(attack_site)
         for _ in range(200):
             if driver.title == "done":
                 break
             threading.Event().wait(0.1)
         assert driver.title == "done", driver.execute_script("return window.results")
-    finally:
-        driver.quit()
     assert store_files(server) == before
     assert requests.get(server.url + "/api/tags", timeout=30).json()["models"]  # the model was not deleted
     running = requests.get(server.url + "/api/ps", timeout=30).json()["models"]

@@ -5,6 +5,7 @@ temporary folder. Skipped, saying why, only where no browser or driver is instal
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -44,19 +45,26 @@ def server_config() -> dict[str, Any]:
     return {**DEFAULT_CONFIG, "api_keys": [KEY]}
 
 
-@pytest.fixture(scope="module")
-def browser(server: GatewayServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    chromium, driver_path = browser_paths()
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """Headless Chromium through selenium with its own profile folder, quit at the end of the block."""
+    binary, driver_path = browser_paths()
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (requirements-dev.txt)")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(server: GatewayServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")
