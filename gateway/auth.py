@@ -11,27 +11,6 @@ from gateway.browser_guard import BrowserGuard
 from gateway.types import ErrorKind, GatewayError
 
 
-def presented_key(headers: Mapping[str, str]) -> str:
-    """The key a request carries; `headers` may be Flask's (any case) or a dict with lower-case names."""
-    auth = headers.get("authorization") or headers.get("Authorization") or ""
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return headers.get("x-api-key") or headers.get("X-Api-Key") or ""
-
-
-def key_ok(headers: Mapping[str, str], api_keys: list[str]) -> bool:
-    """True when no keys are configured or the request carries one of them."""
-    if not api_keys:
-        return True
-    key = presented_key(headers)
-    return any(secrets.compare_digest(key.encode(), k.encode()) for k in api_keys)
-
-
-def require_key(headers: Mapping[str, str], api_keys: list[str]) -> None:
-    if not key_ok(headers, api_keys):
-        raise GatewayError(ErrorKind.UNAUTHORIZED, "Invalid or missing API key.")
-
-
 class Access:
     """The checks every request passes before its body is parsed."""
 
@@ -43,5 +22,10 @@ class Access:
         """`headers` with lower-case names. `public` routes (health, version) need no key, but web pages are held
         to the same rules everywhere."""
         self.guard.check(headers, has_body)
-        if not public:
-            require_key(headers, self.api_keys)
+        if not public and self.api_keys and not self._key_ok(headers):
+            raise GatewayError(ErrorKind.UNAUTHORIZED, "Invalid or missing API key.")
+
+    def _key_ok(self, headers: Mapping[str, str]) -> bool:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        return any(secrets.compare_digest(key.encode(), k.encode()) for k in self.api_keys)

@@ -116,23 +116,9 @@ class Executor:
         """Queue an embedding; the loop thread later calls `reply.put` with the vectors or the exception."""
         self._inbox.put(("embed", (inputs, reply)))
 
-    def stats(self) -> dict:
-        """A racy but harmless snapshot for monitoring (read from other threads without locks)."""
-        busy = sum(1 for s in self._slots if s.handle is not None)
-        kv_used = sum(len(s.tokens) for s in self._slots)
-        return {"parallel": self.parallel, "busy": busy, "waiting": max(0, self.waiting()), "n_ctx": self.n_ctx,
-                "kv_used": min(kv_used, self.n_ctx)}
-
-    def waiting(self) -> int:
-        """Jobs submitted that have no sequence yet (also those still in the inbox)."""
-        return self._submitted - self._ended - sum(1 for s in self._slots if s.handle is not None)
-
-    def queue_position(self, handle: JobHandle) -> int:
-        """1-based place of a job in the wait queue; 0 once it runs or has ended."""
-        try:
-            return list(self._waiting).index(handle) + 1
-        except ValueError:
-            return 0
+    def kv_used(self) -> int:
+        """KV cells the sequences hold; a runner sends it with every step's events."""
+        return min(sum(len(s.tokens) for s in self._slots), self.n_ctx)
 
     @property
     def running(self) -> bool:

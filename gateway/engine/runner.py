@@ -81,7 +81,7 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
     except Exception as exc:  # a file llama.cpp refuses, a context it cannot allocate
         conn.send(("load_failed", str(exc)))
         return
-    outbox.kv_used = lambda: executor.stats()["kv_used"]
+    outbox.kv_used = executor.kv_used
     conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                          "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                          "repack": (settings.load or LoadParams()).repack}))
