@@ -27,6 +27,7 @@ class RequestContext:
     query: dict[str, str] = field(default_factory=dict)
     method: str = "POST"
     server_version: str = ""
+    reasoning_field: str = "reasoning_content"  # OpenAI-style reasoning key: reasoning_content, reasoning or both
 
 
 Frame = bytes

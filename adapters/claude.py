@@ -125,7 +125,8 @@ def parse_create(body: Any, ctx: RequestContext) -> InternalRequest:
     req = _conversation_request("chat", body)
     req.sampling = parse_sampling(body)
     req.tool_choice = parse_tool_choice(body.get("tool_choice"), req.tools)
-    req.think = parse_thinking(body.get("thinking"))
+    req.parallel_tool_calls = not _disables_parallel_calls(body.get("tool_choice"))
+    req.think, req.reasoning_budget = parse_thinking(body.get("thinking"))
     req.constraint = parse_output_config(body.get("output_config"))
     req.stream = get_typed(body, "stream", bool, "a boolean", default=False)
     req.clip_max_tokens = True  # Claude stops at the window (model_context_window_exceeded), never refuses
@@ -266,19 +267,27 @@ def parse_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
     return name
 
 
-def parse_thinking(value: Any) -> bool | None:
-    """The budget has no counterpart here (thinking ends when the model ends it), so only its type is checked."""
+def _disables_parallel_calls(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("disable_parallel_tool_use") is True
+
+
+def parse_thinking(value: Any) -> tuple[bool | None, int | None]:
+    """Reasoning on, off or the model's default, and `budget_tokens`: the most tokens reasoning may take."""
     if value is None:
-        return None
+        return None, None
     if not isinstance(value, dict):
         raise invalid(f"Invalid type for `thinking`: expected an object, got {type_name(value)}.", "thinking")
     kind = get_typed(value, "type", str, "a string", required=True, prefix="thinking.")
     if kind not in THINKING:
         raise invalid(f"Invalid value for `thinking.type`: expected one of {', '.join(map(repr, THINKING))}, "
                       f"got {kind!r}.", "thinking.type")
+    budget = None
     if kind == "enabled":
-        get_typed(value, "budget_tokens", int, "an integer", required=True, prefix="thinking.")
-    return THINKING[kind]
+        budget = get_typed(value, "budget_tokens", int, "an integer", required=True, prefix="thinking.")
+        if budget < 1:
+            raise invalid(f"Invalid value for `thinking.budget_tokens`: expected at least 1, got {budget}.",
+                          "thinking.budget_tokens")
+    return THINKING[kind], budget
 
 
 def parse_output_config(value: Any) -> Constraint | None:
@@ -295,8 +304,8 @@ def parse_output_config(value: Any) -> Constraint | None:
     if kind != "json_schema":
         raise invalid(f"Invalid value for `output_config.format.type`: expected 'json_schema', got {kind!r}.",
                       "output_config.format.type")
-    return Constraint("json_schema", get_typed(fmt, "schema", dict, "an object", required=True,
-                                               prefix="output_config.format."))
+    schema = get_typed(fmt, "schema", dict, "an object", required=True, prefix="output_config.format.")
+    return Constraint("json_schema", schema, "output_config.format.schema")
 
 
 def _check_metadata(value: Any) -> None:

@@ -166,6 +166,7 @@ def _parse_generation_fields(body: dict[str, Any], req: InternalRequest) -> None
     apply_options(parse_options(body.get("options"), "options"), req)
     req.constraint = parse_format(body.get("format"))
     _parse_think(body.get("think"), req)
+    req.keep_think_tags = req.think is None  # as the seed design keeps them: in the text, tags and all
     truncate = get_typed(body, "truncate", bool, "a boolean", default=True)
     req.truncate = "drop_turns" if truncate else "error"
     get_typed(body, "shift", bool, "a boolean")  # context shifting is the engine's business; only the type is checked
@@ -208,9 +209,9 @@ def parse_format(value: Any) -> Constraint | None:
     if value is None or value == "":
         return None
     if value == "json":
-        return Constraint("json")
+        return Constraint("json", param="format")
     if isinstance(value, dict):
-        return Constraint("json_schema", value)
+        return Constraint("json_schema", value, "format")
     raise invalid(f"Invalid value for `format`: expected \"json\" or a JSON schema object, got {value!r}.", "format")
 
 

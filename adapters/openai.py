@@ -58,6 +58,7 @@ OWNED_BY = "llm-gateway"
 DONE_FRAME: Frame = sse("[DONE]")
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 MAX_STOP = 4
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 # key, low, high, integer: the sampling numbers shared by chat and completions. top_k .. repeat_penalty are the
 # llama.cpp/vLLM extras that OpenAI-compatible clients send to local servers.
@@ -112,10 +113,26 @@ def parse_chat(body: Any, ctx: RequestContext) -> InternalRequest:
         tools=tools,
         tool_choice=parse_tool_choice(body.get("tool_choice"), tools),
         constraint=parse_response_format(body.get("response_format")),
+        parallel_tool_calls=get_typed(body, "parallel_tool_calls", bool, "a boolean", default=True),
     )
+    _parse_reasoning_effort(body, req)
     _parse_stream_fields(body, req)
     apply_extras(body, req)
     return req
+
+
+def _parse_reasoning_effort(body: dict[str, Any], req: InternalRequest) -> None:
+    """`none` turns reasoning off; a level turns it on and reaches the template as `reasoning_effort` (as
+    gpt-oss templates read it). Models that cannot reason ignore it, as OpenAI's non-reasoning models do."""
+    effort = get_typed(body, "reasoning_effort", str, "a string")
+    if effort is None:
+        return
+    if effort not in REASONING_EFFORTS:
+        raise invalid(f"Invalid value for `reasoning_effort`: expected one of {', '.join(map(repr, REASONING_EFFORTS))}"
+                      f", got {effort!r}.", "reasoning_effort")
+    req.think = effort != "none"
+    if req.think:
+        req.template_kwargs.setdefault("reasoning_effort", effort)
 
 
 def parse_completion(body: Any, ctx: RequestContext) -> InternalRequest:
@@ -354,26 +371,31 @@ def render_chat(result: GenerationResult, req: InternalRequest, ctx: RequestCont
         "created": ctx.created,
         "model": req.model,
         "system_fingerprint": None,
-        "choices": [_chat_choice(c) for c in _by_index(result.choices)],
+        "choices": [_chat_choice(c, ctx.reasoning_field) for c in _by_index(result.choices)],
         "usage": render_usage(result.usage),
     }
 
 
-def _chat_choice(choice: Choice) -> dict[str, Any]:
+def reasoning_keys(setting: str) -> tuple[str, ...]:
+    """llama.cpp and DeepSeek name reasoning `reasoning_content`; newer vLLM and Ollama's /v1 `reasoning`."""
+    return ("reasoning_content", "reasoning") if setting == "both" else (setting,)
+
+
+def _chat_choice(choice: Choice, reasoning_field: str) -> dict[str, Any]:
     return {
         "index": choice.index,
-        "message": _chat_message(choice),
+        "message": _chat_message(choice, reasoning_field),
         "logprobs": render_chat_logprobs(choice.logprobs),
         "finish_reason": finish_reason(choice.finish_reason),
     }
 
 
-def _chat_message(choice: Choice) -> dict[str, Any]:
+def _chat_message(choice: Choice, reasoning_field: str) -> dict[str, Any]:
     """`content` is null only for a pure tool call, which is what the SDK's tool helpers expect."""
     content = None if not choice.text and choice.tool_calls else choice.text
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if choice.thinking:
-        message["reasoning_content"] = choice.thinking
+        message.update(dict.fromkeys(reasoning_keys(reasoning_field), choice.thinking))
     if choice.tool_calls:
         message["tool_calls"] = [_tool_call(call) for call in choice.tool_calls]
     return message
@@ -483,6 +505,7 @@ class OpenAIStream(BaseStream):
         self.id = f"{self.id_prefix}{ctx.request_id}"
         self.created = ctx.created
         self.include_usage = bool(req.render.get("include_usage"))
+        self.reasoning_keys = reasoning_keys(ctx.reasoning_field)
 
     def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, Done):
@@ -538,7 +561,7 @@ class ChatStream(OpenAIStream):
             return [self.chunk([self._choice(event.index, {"content": event.text},
                                              render_chat_logprobs(event.logprobs))])]
         if isinstance(event, ThinkingDelta):
-            return [self.chunk([self._choice(event.index, {"reasoning_content": event.text})])]
+            return [self.chunk([self._choice(event.index, dict.fromkeys(self.reasoning_keys, event.text))])]
         if isinstance(event, ToolCallDelta):
             return [self.chunk([self._choice(event.index, {"tool_calls": [self._tool_fragment(event)]})])]
         return []

@@ -163,7 +163,8 @@ def parse_response_format(value: Any) -> Constraint | None:
         return None
     if kind == "json_object":  # huggingface_hub rewrites json_schema to TGI's {"type": "json_object", "value"}
         schema = get_typed(value, "value", dict, "an object", prefix="response_format.")
-        return Constraint("json_schema", schema) if schema else Constraint("json")
+        return Constraint("json_schema", schema, "response_format.value") if schema else Constraint(
+            "json", param="response_format")
     if kind == "json_schema":
         return _parse_json_schema(value)
     raise invalid("Invalid value for `response_format.type`: expected 'text', 'json_object' or 'json_schema', "
@@ -174,4 +175,6 @@ def _parse_json_schema(value: dict[str, Any]) -> Constraint:
     """A json_schema without `schema` still asks for JSON, so it degrades to any JSON object."""
     spec = get_typed(value, "json_schema", dict, "an object", required=True, prefix="response_format.")
     schema = get_typed(spec, "schema", dict, "an object", prefix="response_format.json_schema.")
-    return Constraint("json_schema", schema) if schema is not None else Constraint("json")
+    if schema is None:
+        return Constraint("json", param="response_format")
+    return Constraint("json_schema", schema, "response_format.json_schema.schema")

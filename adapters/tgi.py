@@ -262,13 +262,14 @@ def parse_grammar(value: Any) -> Constraint | None:
         raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(value)}.", name)
     kind = get_typed(value, "type", str, "a string", required=True, prefix=name + ".")
     if kind in ("json", "json_object"):
-        return Constraint("json_schema", _json_schema(value.get("value"), name + ".value"))
+        return Constraint("json_schema", _json_schema(value.get("value"), name + ".value"), name + ".value")
     if kind == "regex":
-        return Constraint("regex", get_typed(value, "value", str, "a string", required=True, prefix=name + "."))
+        return Constraint("regex", get_typed(value, "value", str, "a string", required=True, prefix=name + "."),
+                          name + ".value")
     if kind == "json_schema":
         spec = get_typed(value, "value", dict, "an object", required=True, prefix=name + ".")
         schema = get_typed(spec, "schema", dict, "an object", required=True, prefix=name + ".value.")
-        return Constraint("json_schema", schema)
+        return Constraint("json_schema", schema, name + ".value.schema")
     raise invalid(f"Invalid value for `{name}.type`: expected 'json', 'json_object', 'regex' or 'json_schema', "
                   f"got {kind!r}.", name + ".type")
 

@@ -143,14 +143,14 @@ def _json_constraint(value: Any, name: str) -> Constraint:
                           f"({exc}).", name) from None
     if not isinstance(value, dict):
         raise invalid(f"Invalid value for `{name}`: expected a JSON schema object, got {type_name(value)}.", name)
-    return Constraint("json_schema", value)
+    return Constraint("json_schema", value, name)
 
 
 def _text_constraint(kind: str) -> Callable[[Any, str], Constraint]:
     def parse(value: Any, name: str) -> Constraint:
         if not isinstance(value, str) or not value:
             raise invalid(f"Invalid value for `{name}`: expected a non-empty string.", name)
-        return Constraint(kind, value)
+        return Constraint(kind, value, name)
 
     return parse
 
@@ -158,13 +158,13 @@ def _text_constraint(kind: str) -> Callable[[Any, str], Constraint]:
 def _choice_constraint(value: Any, name: str) -> Constraint:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise invalid(f"Invalid value for `{name}`: expected a non-empty array of strings.", name)
-    return Constraint("choice", list(value))
+    return Constraint("choice", list(value), name)
 
 
 def _json_object_constraint(value: Any, name: str) -> Constraint | None:
     if not isinstance(value, bool):
         raise invalid(f"Invalid type for `{name}`: expected a boolean, got {type_name(value)}.", name)
-    return Constraint("json") if value else None
+    return Constraint("json", param=name) if value else None
 
 
 def _unsupported_constraint(value: Any, name: str) -> Constraint:

@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway
     access = Access(settings.api_keys, BrowserGuard(settings.host, settings.allowed_hosts, settings.allowed_origins))
-    register_routes(app, ROUTES, gateway.service, access)
+    register_routes(app, ROUTES, gateway.service, access, settings.reasoning_field)
     register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings)
     register_fallbacks(app, openai.ROUTES[0])
     register_send_timeout(app, settings.send_timeout)

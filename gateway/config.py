@@ -84,6 +84,9 @@ SETTINGS: list[Setting] = [
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
     Setting("send_timeout", 60.0, float, "Seconds a write to a client that stopped reading may make no progress "
                                          "before the connection is closed and its request cancelled."),
+    Setting("reasoning_field", "reasoning_content", str, "Where OpenAI-style responses put a model's reasoning: "
+                                                         "'reasoning_content' (llama.cpp, DeepSeek), 'reasoning' "
+                                                         "(newer vLLM, Ollama's /v1) or 'both'."),
     Setting("request_history", 1000, int, "Finished requests kept for /api/requests and the dashboard."),
     Setting("metrics", True, bool, "Serve Prometheus metrics at /metrics."),
 ]
@@ -175,6 +178,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"`log_level` must be debug, info, warning or error, got {settings.log_level!r}")
     if settings.context_overflow not in ("truncate", "error"):
         raise ConfigError(f"`context_overflow` must be truncate or error, got {settings.context_overflow!r}")
+    if settings.reasoning_field not in ("reasoning_content", "reasoning", "both"):
+        raise ConfigError("`reasoning_field` must be reasoning_content, reasoning or both, got "
+                          f"{settings.reasoning_field!r}")
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
     memory_budget_bytes(settings)

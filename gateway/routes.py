@@ -32,7 +32,8 @@ log = logging.getLogger("gateway.http")
 PROGRESS_HEADER = "x-gateway-progress"  # "1": a streamed SSE response also carries `: progress {record}` lines
 
 
-def register_routes(app: Flask, routes: list[Route], service: Service, access: Access) -> None:
+def register_routes(app: Flask, routes: list[Route], service: Service, access: Access,
+                    reasoning_field: str = "reasoning_content") -> None:
     """One Flask view per path and method; where families share one (DESIGN.md, "Where paths collide"), the
     view reads the body once and the first route that `accepts` it serves, else the one without `accepts`."""
     groups: dict[tuple[str, str], list[Route]] = {}
@@ -43,22 +44,24 @@ def register_routes(app: Flask, routes: list[Route], service: Service, access: A
         if sum(r.accepts is None for r in group) != 1:
             raise ValueError(f"{method} {path}: exactly one route must take requests no other route accepts")
         app.add_url_rule(path, endpoint=f"{method}:{path}", methods=[method],
-                         view_func=_view(group, service, access))
+                         view_func=_view(group, service, access, reasoning_field))
 
 
-def _view(group: list[Route], service: Service, access: Access) -> Callable[..., Response]:
+def _view(group: list[Route], service: Service, access: Access, reasoning_field: str) -> Callable[..., Response]:
     def view(**path_params: str) -> Response:
-        return handle(group, service, access, path_params)
+        return handle(group, service, access, path_params, reasoning_field)
 
     return view
 
 
-def handle(group: list[Route], service: Service, access: Access, path_params: dict[str, str]) -> Response:
+def handle(group: list[Route], service: Service, access: Access, path_params: dict[str, str],
+           reasoning_field: str) -> Response:
     started = time.monotonic()
     ctx = RequestContext(
         request_id=request_id(), created=int(time.time()),
         headers={k.lower(): v for k, v in request.headers.items()}, path_params=path_params,
-        query=request.args.to_dict(), method=request.method, server_version=__version__)
+        query=request.args.to_dict(), method=request.method, server_version=__version__,
+        reasoning_field=reasoning_field)
     route = group[-1]
     try:
         access.check(ctx.headers, public=all(r.public for r in group), has_body=route.body != "none")

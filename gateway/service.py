@@ -17,6 +17,7 @@ from gateway.engine.jobs import Finished, Piece, Prefilled, Started
 from gateway.limits import check_limits
 from gateway.model_changes import ChangeRun, ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
+from gateway.output import ChoiceOutput, gather
 from gateway.polling import KEEPALIVE, TICK, ClientGone, KeepAlive, poll
 from gateway.tracker import Record, Tracker
 from gateway.types import (
@@ -38,7 +39,9 @@ from gateway.types import (
     RunningList,
     RunningModel,
     TextDelta,
+    ThinkingDelta,
     Timings,
+    ToolCallDelta,
     Usage,
     VersionResult,
 )
@@ -238,6 +241,7 @@ class Service:
             yield ProgressNote(record.to_json())
         running = len(gen.run.choices)
         by_index = {c.index: c for c in gen.run.choices}
+        outputs = {c.index: ChoiceOutput(gen.run.output, c.index) for c in gen.run.choices}
         for item in poll(lambda timeout: gen.run.events.get(timeout=timeout), client_gone, self.keepalive_seconds):
             if item is KEEPALIVE:
                 yield KEEPALIVE
@@ -251,8 +255,7 @@ class Service:
                 if gen.progress and now >= next_note:
                     next_note = now + PROGRESS_EVERY
                     yield ProgressNote(record.to_json())
-                if event.text or event.logprobs:
-                    yield TextDelta(index, event.text, event.logprobs)
+                yield from outputs[index].feed(event.text, event.logprobs)
             elif isinstance(event, Prefilled):
                 record.prompt_progress(event.done)
                 if gen.progress:
@@ -277,8 +280,11 @@ class Service:
                 timings.queued = max(timings.queued, event.queued_seconds)
                 timings.prompt = max(timings.prompt, event.prompt_seconds)
                 timings.generation = max(timings.generation, event.generation_seconds)
+                yield from outputs[index].close()
                 cancelled = cancelled or event.reason == "cancelled"
                 last_reason = "stop" if event.reason == "cancelled" else event.reason
+                if last_reason == "stop" and outputs[index].calls_made:
+                    last_reason = "tool_calls"
                 yield ChoiceDone(index, last_reason, event.stop_sequence, usage)
                 if not running:
                     break
@@ -295,16 +301,10 @@ class Service:
         done = None
         try:
             for event in self.events(gen, client_gone):
-                if isinstance(event, TextDelta):
-                    choice = choices[event.index]
-                    choice.text += event.text
-                    if event.logprobs is not None:
-                        choice.logprobs = (choice.logprobs or []) + event.logprobs
-                elif isinstance(event, ChoiceDone):
-                    choices[event.index].finish_reason = event.finish_reason
-                    choices[event.index].stop_sequence = event.stop_sequence
-                elif isinstance(event, Done):
+                if isinstance(event, Done):
                     done = event
+                elif isinstance(event, (TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone)):
+                    gather(choices[event.index], event)
         finally:
             gen.close()
         if done is None:

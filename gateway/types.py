@@ -131,6 +131,7 @@ class Constraint:
 
     kind: Literal["json", "json_schema", "regex", "choice", "gbnf"]
     value: Any = None
+    param: str = field(default="", compare=False)  # the request field it came from, named in errors
 
 
 @dataclass
@@ -209,12 +210,16 @@ class InternalRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tools: list[Tool] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True  # the model may make several calls in one answer
+    tools_in_template: bool = True  # the chat template is given `tools` (not when a system prompt describes them)
     constraint: Constraint | None = None
     stream: bool = False
     n: int = 1
     echo: bool = False
     keep_alive: float | None = None
-    think: bool | None = None
+    think: bool | None = None  # reasoning on or off (reaches the template as enable_thinking); None: the model's way
+    keep_think_tags: bool = False  # leave reasoning in the text, tags and all (Ollama with `think` unset)
+    reasoning_budget: int | None = None  # reasoning ends after this many tokens (Anthropic budget_tokens)
     add_generation_prompt: bool = True
     continue_final_message: bool = False  # render the last (assistant) message open, to be continued
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables for the chat template

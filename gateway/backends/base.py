@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from gateway.models.registry import ModelSpec
+from gateway.output import OutputPlan
 from gateway.types import InternalRequest, TokenizeResult
 
 
@@ -33,6 +34,7 @@ class GenerationRun(ABC):
     events: queue.SimpleQueue
     choices: list[ChoicePlan]
     max_tokens: int
+    output: OutputPlan = OutputPlan()  # what the output stage splits the text into (reasoning, tool calls)
 
     @abstractmethod
     def queue_position(self) -> int:

@@ -20,7 +20,9 @@ from dataclasses import replace
 from gateway.backends.base import Backend, BackendStatus, ChoicePlan, GenerationRun
 from gateway.backends.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.backends.runner_process import RunnerProcess, exit_reason
+from gateway.backends.structured import ModelStyle, output_setup, shape_chat
 from gateway.engine.executor import ExecutorSettings
+from gateway.engine.grammar import check_grammar
 from gateway.engine.jobs import GenerationJob, JobHandle, check_fits
 from gateway.engine.llama import LlamaModel, LoadParams, supports_gpu_offload
 from gateway.models.gguf import read_metadata
@@ -82,6 +84,7 @@ class LocalBackend(Backend):
         self._crashes_in_a_row = 0
         self.note: str | None = None
         self.model = LlamaModel(spec.path, LoadParams(vocab_only=True))
+        self.style = ModelStyle.of(self.model.chat_template() or "", spec.chat_format)
         try:
             self._runner = self._start_runner()
         except BaseException:
@@ -146,15 +149,22 @@ class LocalBackend(Backend):
 
     def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:
         runner = self._live_runner()
+        if req.kind == "chat":
+            req = shape_chat(req, self.style)
         prepared = self._prompts.prepare(req, spec, self.model, self.n_ctx)
+        setup = output_setup(req, self.style, prepared.prompts[0].text if prepared.prompts else "")
+        if req.constraint is not None and req.constraint.kind == "gbnf":
+            check_grammar(self.model.vocab, setup.grammar, req.constraint.param)
         sampling = with_model_defaults(req.sampling, spec)
         # vLLM echoes a chat's last message, not the rendered template
         echo_text = (req.messages[-1].content or "") if req.kind == "chat" and req.messages else ""
         run = LocalRun(runner)
+        run.output = setup.plan
         try:
             for p_index, prompt in enumerate(prepared.prompts):
                 for j in range(req.n):
                     job = make_job(req, sampling, prompt.tokens, prepared.window, j)
+                    job.grammar, job.grammar_triggers = setup.grammar, setup.triggers
                     check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
                     index = p_index * req.n + j
                     run.handles.append(runner.submit(job, run.events, index))
@@ -181,7 +191,7 @@ class LocalBackend(Backend):
     def tokenize(self, req: InternalRequest, spec: ModelSpec) -> TokenizeResult:
         model = self.model
         if req.messages:
-            tokens = self._prompts.render_chat(req, spec, model).tokens
+            tokens = self._prompts.render_chat(shape_chat(req, self.style), spec, model).tokens
         else:
             text = req.prompts[0] if req.prompts else ""
             tokens = model.tokenize(text, model.add_bos and req.add_special_tokens, True)

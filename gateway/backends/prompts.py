@@ -63,11 +63,12 @@ class PromptBuilder:
                     messages: list[Message] | None = None) -> Prompt:
         messages = with_default_system(req.messages if messages is None else messages, spec)
         template = self._template(spec, model)
+        tools = req.tools if req.tools and req.tools_in_template else None
         if req.continue_final_message and messages and messages[-1].role == "assistant":
-            text = _open_last_message(template.render(messages, req.tools or None, False, **req.template_kwargs),
+            text = _open_last_message(template.render(messages, tools, False, **req.template_kwargs),
                                       messages[-1].content or "")
         else:
-            text = template.render(messages, req.tools or None, req.add_generation_prompt, **req.template_kwargs)
+            text = template.render(messages, tools, req.add_generation_prompt, **req.template_kwargs)
         add_bos = model.add_bos and req.add_special_tokens and not (model.bos_text and
                                                                      text.startswith(model.bos_text))
         return Prompt(text, model.tokenize(text, add_bos, True))

@@ -32,7 +32,7 @@ from gateway.engine.jobs import (
 from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
 from gateway.engine.prefix_cache import find_leader, held_prefixes, reuse_prefix
-from gateway.engine.sampling import SamplerChain, SamplingDefaults
+from gateway.engine.sampling import GrammarCache, SamplerChain, SamplingDefaults
 from gateway.engine.sequence import Sequence
 from gateway.types import ErrorKind, GatewayError, SamplingParams
 
@@ -69,6 +69,7 @@ class Executor:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._embedder = Embedder(self.model, self.embedding_window, self.n_threads)
+        self._grammars = GrammarCache(self.model.vocab)
         self._slots = [Sequence(i) for i in range(self.parallel)]
         self._waiting: deque[JobHandle] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -85,6 +86,9 @@ class Executor:
         """Queue a job; refuse at once if it cannot fit the context or the wait queue is full."""
         self._check_fits(job)
         handle = JobHandle(job, self.request_cancel, sink, tag)
+        self._prepare(handle)
+        if handle.refused is not None:
+            raise handle.refused
         with self._submit_lock:
             check_queue(self.name, self._submitted - self._ended - self.parallel, self.settings.max_queue)
             self._submitted += 1
@@ -93,9 +97,20 @@ class Executor:
 
     def enqueue(self, handle: JobHandle) -> None:
         """Queue a job its submitter has already checked (a runner's parent counts the queue itself)."""
+        self._prepare(handle)
         with self._submit_lock:
             self._submitted += 1
         self._inbox.put(("job", handle))
+
+    def _prepare(self, handle: JobHandle) -> None:
+        """Parse the job's grammar here, on the submitting thread, so the decode loop only clones a parse; a
+        grammar that does not parse fails the job when it would have been admitted."""
+        job = handle.job
+        if job.grammar:
+            try:
+                handle.grammar = self._grammars.new(job.grammar, job.grammar_triggers)
+            except GatewayError as err:
+                handle.refused = err
 
     def _check_fits(self, job: GenerationJob) -> None:
         check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
@@ -190,7 +205,7 @@ class Executor:
             held = held_prefixes(self._slots, prompt)
             seq = max(free, key=lambda s: (held[s], -s.last_used))
             try:
-                sampler, early = self._samplers(handle.job)
+                sampler, early = self._samplers(handle)
             except GatewayError as err:
                 self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
@@ -201,20 +216,29 @@ class Executor:
             else:
                 self._start_prefill(seq, held)
 
-    def _samplers(self, job: GenerationJob) -> tuple[SamplerChain, SamplerChain | None]:
-        """The job's chain, and for `min_tokens` a second one that bans every token that would end it early."""
-        sampling = job.sampling
+    def _samplers(self, handle: JobHandle) -> tuple[SamplerChain, SamplerChain | None]:
+        """The job's chain, and for `min_tokens` a second one that bans every token that would end it early
+        (both share the job's grammar; the first owns it)."""
+        if handle.refused is not None:
+            raise handle.refused
+        sampling = handle.job.sampling
+        grammar, handle.grammar = handle.grammar, None
 
-        def make(params: SamplingParams) -> SamplerChain:
-            return SamplerChain(self.model.vocab, self.model.n_vocab, params, self.defaults, job.grammar)
+        def make(params: SamplingParams, owner: bool) -> SamplerChain:
+            return SamplerChain(self.model.vocab, self.model.n_vocab, params, self.defaults, grammar, owner)
 
-        sampler = make(sampling)
+        try:
+            sampler = make(sampling, True)
+        except BaseException:
+            if grammar is not None:
+                grammar.free()
+            raise
         if sampling.min_tokens <= 0 or sampling.ignore_eos and not sampling.stop_token_ids:
             return sampler, None
         banned = self._ending_tokens(sampling)
         bias = {**sampling.logit_bias, **{t: -math.inf for t in banned}}
         try:
-            return sampler, make(replace(sampling, logit_bias=bias))
+            return sampler, make(replace(sampling, logit_bias=bias), False)
         except BaseException:
             sampler.free()
             raise
@@ -310,7 +334,11 @@ class Executor:
             self._finish(slot, "error", err)
 
     def _sample(self, slot: Sequence, row: int) -> None:
-        token = slot.current_sampler().sample(self._ctx, row)
+        try:
+            token = slot.current_sampler().sample(self._ctx, row)
+        except GatewayError as err:  # a grammar that allows nothing the sampling settings allow
+            self._finish(slot, "error", err)
+            return
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
@@ -381,4 +409,5 @@ class Executor:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         self._embedder.free()
+        self._grammars.free()
         self.model.free()

@@ -21,7 +21,8 @@ class GenerationJob:
     max_tokens: int
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: off; N: the chosen token plus the top N alternatives
-    grammar: str | None = None
+    grammar: str | None = None  # GBNF with a `root` rule: what the output must match
+    grammar_triggers: tuple[str, ...] = ()  # regexes: the grammar applies only once one matches (lazy)
 
 
 @dataclass
@@ -79,6 +80,8 @@ class JobHandle:
         self.submitted_at = time.monotonic()
         self._cancel = cancel
         self.finished = False
+        self.grammar = None  # the parsed grammar, until a sequence's sampler takes it
+        self.refused: GatewayError | None = None  # why the job cannot run (a grammar that does not parse)
 
     def emit(self, event: EngineEvent) -> None:
         """Called by the executor thread only."""

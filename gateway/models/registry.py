@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.chat_formats import FORMATS, reasoning_markers
 from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from gateway.models.gguf import GGUFError, GGUFMetadata, read_metadata
 from gateway.models.ollama_store import OllamaStore
@@ -52,6 +53,7 @@ class ModelSpec:
     template: str | None = None  # an Ollama TEMPLATE layer (Go template): shown, not used for rendering
     digest: str = ""  # "sha256:<hex>" of the model layer for store models
     projector: str | None = None  # an Ollama vision projector layer
+    chat_format: str | None = None  # how the model writes tool calls (gateway/chat_formats.py); None: from its template
     source: str = "config"  # config, folder, ollama, embedded
     embedded: bool = False
 
@@ -73,6 +75,7 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "pinned": (bool, False),
     "system": (str, True),
     "parameters": (dict, False),
+    "chat_format": (str, True),
 }
 
 
@@ -200,14 +203,14 @@ def _exact_target(catalog: _Catalog, name: str) -> str | None:
 def capabilities(meta: GGUFMetadata, spec: ModelSpec) -> list[str]:
     """What Ollama's /api/show lists, read from the header: embedding models pool instead of generating."""
     found = ["embedding"] if meta.pooling_type else ["completion"]
-    template = spec.template or meta.chat_template or ""
-    if "tools" in template:
+    template = meta.chat_template or ""
+    if not meta.pooling_type:  # every chat model takes tools: through its template or the generic prompt
         found.append("tools")
     if any(k in meta.kv for k in ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id")):
         found.append("insert")
     if spec.projector:
         found.append("vision")
-    if "<think>" in template or "enable_thinking" in template or "reasoning_content" in template:
+    if reasoning_markers(template) is not None:
         found.append("thinking")
     return found
 
@@ -374,6 +377,8 @@ def _check_values(where: str, spec: ModelSpec) -> None:
         raise ValueError(f"{where}.path: {exc}") from exc
     if spec.split_mode not in SPLIT_MODES:
         raise ValueError(f"{where}.split_mode: {spec.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
+    if spec.chat_format is not None and spec.chat_format not in FORMATS:
+        raise ValueError(f"{where}.chat_format: {spec.chat_format!r} is not one of {', '.join(FORMATS)}")
     for key in ("parallel", "n_ctx", "n_threads"):
         value = getattr(spec, key)
         if value is not None and value < 1:

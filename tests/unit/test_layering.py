@@ -17,7 +17,7 @@ THIRD_PARTY = ("flask", "werkzeug", "gunicorn", "llama_cpp", "numpy", "jinja2", 
 
 ADAPTER = {"gateway.types", "adapters.base", "adapters.openai_shapes", "adapters.vllm_extras"}
 ENGINE = {"gateway.types", "gateway.engine.*", "llama_cpp", "numpy", "jinja2"}
-MODELS = {"gateway.types", "gateway.models.*", "gateway.__version__"}
+MODELS = {"gateway.types", "gateway.models.*", "gateway.__version__", "gateway.chat_formats"}
 
 # module (or `package.*`) → what it may import: first-party modules (`x.*` = anything inside x) and the third-party
 # packages listed in THIRD_PARTY. The standard library is always allowed.
@@ -29,11 +29,15 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.engine.*": ENGINE,
     "gateway.models.*": MODELS,
     # backends: the only layer that knows an engine
-    "gateway.backends.*": {"gateway.types", "gateway.backends.*", "gateway.engine.*", "gateway.models.*"},
+    "gateway.backends.*": {"gateway.types", "gateway.backends.*", "gateway.engine.*", "gateway.models.*",
+                           "gateway.chat_formats", "gateway.output"},
     # the service talks to backends through their interface and the pool, never to the engine's internals
     "gateway.service": {"gateway.types", "gateway.__version__", "gateway.backends.base", "gateway.backends.pool",
                         "gateway.engine.jobs", "gateway.limits", "gateway.model_changes", "gateway.models.registry",
-                        "gateway.polling", "gateway.tracker"},
+                        "gateway.output", "gateway.polling", "gateway.tracker"},
+    # the output stage and the format table are plain logic over text: family-blind and engine-blind
+    "gateway.output": {"gateway.types", "gateway.chat_formats"},
+    "gateway.chat_formats": set(),
     "gateway.model_changes": {"gateway.types", "gateway.backends.pool", "gateway.models.*", "gateway.polling"},
     "gateway.routes": {"gateway.types", "gateway.__version__", "adapters.base", "gateway.auth", "gateway.json_body",
                        "gateway.polling", "gateway.service", "flask", "werkzeug"},
