@@ -53,7 +53,10 @@ SETTINGS: list[Setting] = [
                                 "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads, repack (weights "
                                 "repacked for the CPU: default on, off on CPUs with AMX, where llama.cpp #20824 "
                                 "crashes), keep_alive, pinned, system, parameters (Ollama option names: "
-                                "temperature, stop, num_ctx...)."),
+                                "temperature, stop, num_ctx...), chat_format (how it writes tool calls: hermes, "
+                                "mistral, llama3, generic; default: from its template), tool_choice (what "
+                                "`auto` means for it: auto, or required for models too small to call tools "
+                                "unasked)."),
     Setting("ollama_models", "auto", str, "An Ollama model store to serve: 'auto' ($OLLAMA_MODELS, else "
                                           "~/.ollama/models if it exists), 'off', or a folder."),
     Setting("ollama_registry", "https://registry.ollama.ai", str,

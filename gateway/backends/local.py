@@ -150,6 +150,8 @@ class LocalBackend(Backend):
     def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:
         runner = self._live_runner()
         if req.kind == "chat":
+            if req.tools and req.tool_choice == "auto":  # a model too small to call tools unasked can be told to
+                req = replace(req, tool_choice=spec.tool_choice)
             req = shape_chat(req, self.style)
         prepared = self._prompts.prepare(req, spec, self.model, self.n_ctx)
         setup = output_setup(req, self.style, prepared.prompts[0].text if prepared.prompts else "")

@@ -54,6 +54,7 @@ class ModelSpec:
     digest: str = ""  # "sha256:<hex>" of the model layer for store models
     projector: str | None = None  # an Ollama vision projector layer
     chat_format: str | None = None  # how the model writes tool calls (gateway/chat_formats.py); None: from its template
+    tool_choice: str = "auto"  # what a request with tools and tool_choice `auto` gets: auto, or required
     source: str = "config"  # config, folder, ollama, embedded
     embedded: bool = False
 
@@ -76,6 +77,7 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "system": (str, True),
     "parameters": (dict, False),
     "chat_format": (str, True),
+    "tool_choice": (str, False),
 }
 
 
@@ -377,6 +379,8 @@ def _check_values(where: str, spec: ModelSpec) -> None:
         raise ValueError(f"{where}.path: {exc}") from exc
     if spec.split_mode not in SPLIT_MODES:
         raise ValueError(f"{where}.split_mode: {spec.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
+    if spec.tool_choice not in ("auto", "required"):
+        raise ValueError(f"{where}.tool_choice: {spec.tool_choice!r} is not auto or required")
     if spec.chat_format is not None and spec.chat_format not in FORMATS:
         raise ValueError(f"{where}.chat_format: {spec.chat_format!r} is not one of {', '.join(FORMATS)}")
     for key in ("parallel", "n_ctx", "n_threads"):
