@@ -20,11 +20,12 @@ from dataclasses import replace
 from gateway.backends.base import Backend, BackendStatus, ChoicePlan, GenerationRun
 from gateway.backends.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.backends.runner_process import RunnerProcess, exit_reason
-from gateway.backends.structured import ModelStyle, output_setup, shape_chat
+from gateway.backends.structured import ModelStyle, OutputSetup, output_setup, shape_chat
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.grammar import check_grammar
 from gateway.engine.jobs import GenerationJob, JobHandle, check_fits
 from gateway.engine.llama import LlamaModel, LoadParams, supports_gpu_offload
+from gateway.engine.reasoning_budget import ReasoningBudget
 from gateway.models.gguf import read_metadata
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError, InternalRequest, TokenizeResult
@@ -167,6 +168,7 @@ class LocalBackend(Backend):
                 for j in range(req.n):
                     job = make_job(req, sampling, prompt.tokens, prepared.window, j)
                     job.grammar, job.grammar_triggers = setup.grammar, setup.triggers
+                    job.reasoning = self._reasoning_budget(req, setup)
                     check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
                     index = p_index * req.n + j
                     run.handles.append(runner.submit(job, run.events, index))
@@ -176,6 +178,13 @@ class LocalBackend(Backend):
             raise
         run.max_tokens = run.handles[0].job.max_tokens
         return run
+
+    def _reasoning_budget(self, req: InternalRequest, setup: OutputSetup) -> ReasoningBudget | None:
+        markers = self.style.reasoning
+        if req.reasoning_budget is None or markers is None or req.think is False:
+            return None
+        close_tokens = self.model.tokenize(markers.close, False, True)
+        return ReasoningBudget(req.reasoning_budget, markers.open, markers.close, close_tokens, setup.in_reasoning)
 
     def embed(self, req: InternalRequest, spec: ModelSpec, on_started=None) -> tuple[list[list[float]], int]:
         runner = self._live_runner()

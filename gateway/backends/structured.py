@@ -51,6 +51,7 @@ class OutputSetup:
     grammar: str | None
     triggers: tuple[str, ...]
     plan: OutputPlan
+    in_reasoning: bool = False  # the prompt ended inside an opened reasoning block
 
 
 # -- the prompt side ---------------------------------------------------------------------------------------------
@@ -172,22 +173,28 @@ def output_setup(req: InternalRequest, style: ModelStyle, prompt_text: str) -> O
     plan = OutputPlan(markers if split else None, in_reasoning and split, style.chat if tools else None,
                       frozenset(t.name for t in tools))
     reasoning = markers if may_reason else None
+    grammar, triggers = _grammar(req, style, tools, reasoning, in_reasoning)
+    return OutputSetup(grammar, triggers, plan, in_reasoning)
+
+
+def _grammar(req: InternalRequest, style: ModelStyle, tools: list[Tool], reasoning: ReasoningMarkers | None,
+             in_reasoning: bool) -> tuple[str | None, tuple[str, ...]]:
     if tools and req.tool_choice != "auto":
         chosen = [t for t in tools if req.tool_choice == "required" or t.name == req.tool_choice]
-        return OutputSetup(_forced_calls(chosen, style.chat, req, reasoning, in_reasoning), (), plan)
+        return _forced_calls(chosen, style.chat, req, reasoning, in_reasoning), ()
     if tools:
         if req.constraint is not None:
             raise invalid("Tools with tool_choice `auto` and an output format together are "
                           "not supported: use tool_choice `required` or drop the format.",
                           req.constraint.param)
-        return OutputSetup(_lazy_calls(tools, style.chat, req), (_regex_literal(style.chat.call_open),), plan)
+        return _lazy_calls(tools, style.chat, req), (_regex_literal(style.chat.call_open),)
     if req.constraint is None:
-        return OutputSetup(None, (), plan)
+        return None, ()
     if reasoning is None or req.constraint.kind == "gbnf":  # a raw grammar covers the whole output
-        return OutputSetup(constraint_grammar(req.constraint), (), plan)
+        return constraint_grammar(req.constraint), ()
     builder = GrammarBuilder()
     answer = _constraint_rule(builder, req.constraint)
-    return OutputSetup(builder.grammar(_after_reasoning(builder, reasoning, in_reasoning, answer)), (), plan)
+    return builder.grammar(_after_reasoning(builder, reasoning, in_reasoning, answer)), ()
 
 
 def _opens_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:

@@ -334,8 +334,10 @@ class Executor:
             self._finish(slot, "error", err)
 
     def _sample(self, slot: Sequence, row: int) -> None:
+        sampler = slot.current_sampler()
+        forced = slot.budget.next_forced() if slot.budget is not None else None
         try:
-            token = slot.current_sampler().sample(self._ctx, row)
+            token = forced if forced is not None and sampler.take(forced) else sampler.sample(self._ctx, row)
         except GatewayError as err:  # a grammar that allows nothing the sampling settings allow
             self._finish(slot, "error", err)
             return
@@ -355,6 +357,8 @@ class Executor:
             entry.special = token in self.model.control
             logprobs = [entry]
         piece = self.model.pieces[token]
+        if slot.budget is not None:  # markers may be control tokens, which `pieces` shows as nothing
+            slot.budget.observe(self.model.control.get(token, piece).decode("utf-8", errors="ignore"))
         if not sampling.skip_special_tokens:
             piece = self.model.control.get(token, piece)
         text = slot.text.push(piece)

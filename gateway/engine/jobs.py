@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Union
 
+from gateway.engine.reasoning_budget import ReasoningBudget
 from gateway.types import ErrorKind, GatewayError, SamplingParams, TokenLogprob
 
 
@@ -23,6 +24,7 @@ class GenerationJob:
     logprobs: int | None = None  # None: off; N: the chosen token plus the top N alternatives
     grammar: str | None = None  # GBNF with a `root` rule: what the output must match
     grammar_triggers: tuple[str, ...] = ()  # regexes: the grammar applies only once one matches (lazy)
+    reasoning: ReasoningBudget | None = None  # end reasoning after a number of tokens
 
 
 @dataclass

@@ -201,6 +201,17 @@ class SamplerChain:
         self._grammar.accept(token)
         return token
 
+    def take(self, token: int) -> bool:
+        """Record a token chosen outside the sampler (a forced one), if the grammar allows it; False if not."""
+        if self._grammar is not None and not self._grammar.allows(token):
+            return False
+        llama_cpp.llama_sampler_accept(self._pre, token)
+        if self._post is not self._pre:
+            llama_cpp.llama_sampler_accept(self._post, token)
+        if self._grammar is not None:
+            self._grammar.accept(token)
+        return True
+
     def _draw_from(self, array, narrow: bool, constrain: bool) -> int:
         llama_cpp.llama_sampler_apply(self._pre, ctypes.byref(array))
         if narrow:

@@ -10,6 +10,7 @@ import time
 
 from gateway.engine.detokenize import TextStream
 from gateway.engine.jobs import JobHandle
+from gateway.engine.reasoning_budget import BudgetTracker
 from gateway.engine.sampling import SamplerChain
 
 
@@ -34,6 +35,7 @@ class Sequence:
         self.pending = []
         self.cached = 0
         self.text = TextStream(handle.job.stop, handle.job.sampling.include_stop_str)
+        self.budget = BudgetTracker(handle.job.reasoning) if handle.job.reasoning else None
         self.next_token = None
         self.generated = 0
         self.started_at = time.monotonic()

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.engine.executor import Executor, ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started
+from gateway.engine.reasoning_budget import ReasoningBudget
 from gateway.models.embedded import embedded_model_path
 from gateway.types import ErrorKind, GatewayError, SamplingParams
 
@@ -105,3 +106,21 @@ def test_embeddings_are_normalised_and_deterministic(executor):
     assert len(a) == executor.model.n_embd
     assert abs(sum(v * v for v in a) - 1.0) < 1e-4
     assert a == a2 and a != b
+
+
+YES_NO = 'root ::= [a-z ]{0,60} "</think>" " "? "Yes" | [a-z ]{0,60} "</think>" " No"'
+
+
+@pytest.mark.parametrize("grammar", [None, YES_NO])
+def test_a_reasoning_budget_closes_reasoning_after_that_many_tokens(executor, grammar):
+    """The prompt opened reasoning; after 5 tokens the engine writes the close marker itself (also through a
+    grammar, which the forced tokens must satisfy), and the model goes on after it."""
+    close = "</think>"
+    budget = ReasoningBudget(5, "<think>", close, tokens(executor, close), opened=True)
+    prompt = tokens(executor, "<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n<think>")
+    job = GenerationJob(prompt, GREEDY, max_tokens=24, grammar=grammar, reasoning=budget)
+    events, text = run(executor.submit(job))
+    pieces = [e.text for e in events if isinstance(e, Piece)]
+    assert close in text and text.index(close) == len("".join(pieces[:5])), pieces
+    assert text.split(close, 1)[1].strip()  # an answer follows
+    assert events[-1].reason in ("stop", "length")
