@@ -79,6 +79,7 @@ class ChoiceOutput:
     _mode: str = "content"  # content | reasoning | call | held (bare JSON that may be a call)
     _content_started: bool = False
     _skip_space: bool = False  # drop whitespace right after reasoning or a call
+    _thinking_started: bool = False
     _call: _Call | None = None
     _logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -120,14 +121,22 @@ class ChoiceOutput:
                 return out
 
     def _reasoning(self, out: list[OutputEvent], final: bool) -> None:
+        """Reasoning without the blank lines models put inside the tags: leading space is dropped, trailing
+        space is held until more reasoning follows, so an empty block gives no reasoning at all."""
         close = self.plan.reasoning.close
+        if not self._thinking_started:
+            self._buffer = self._buffer.lstrip()
         end = self._buffer.find(close)
         if end >= 0:
-            self._thinking(out, self._buffer[:end])
+            self._thinking(out, self._buffer[:end].rstrip())
             self._buffer = self._buffer[end + len(close):]
             self._mode, self._skip_space = "content", True
             return
-        keep = 0 if final else _partial_marker(self._buffer, (close,))
+        keep = 0
+        if not final:
+            keep = _partial_marker(self._buffer, (close,))
+            head = self._buffer[:len(self._buffer) - keep]
+            keep += len(head) - len(head.rstrip())
         self._thinking(out, self._buffer[:len(self._buffer) - keep])
         self._buffer = self._buffer[len(self._buffer) - keep:]
 
@@ -147,7 +156,7 @@ class ChoiceOutput:
                 self._text(out, self._buffer[:at])
                 self._buffer = self._buffer[at:]
                 return
-            self._text(out, self._buffer[:at])
+            self._text(out, "" if reasoning else self._buffer[:at])  # space before reasoning is dropped
             self._buffer = self._buffer[at + len(marker):]
             if reasoning:
                 self._mode = "reasoning"
@@ -158,8 +167,8 @@ class ChoiceOutput:
             self._mode = "held"
             return
         keep = 0 if final else _partial_marker(self._buffer, markers)
-        if not final and self.plan.tools and not self._content_started and self._buffer.strip() == "":
-            keep = len(self._buffer)  # leading space: it may still turn into a held JSON call
+        if not final and markers and not self._content_started and not self._buffer[:-keep or None].strip():
+            keep = len(self._buffer)  # leading space: reasoning or a call may still follow it
         self._text(out, self._buffer[:len(self._buffer) - keep])
         self._buffer = self._buffer[len(self._buffer) - keep:]
 
@@ -261,6 +270,7 @@ class ChoiceOutput:
 
     def _thinking(self, out: list[OutputEvent], text: str) -> None:
         if text:
+            self._thinking_started = True
             out.append(ThinkingDelta(self.index, text))
 
     def _take_logprobs(self) -> list[TokenLogprob] | None:

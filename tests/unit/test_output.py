@@ -155,3 +155,16 @@ def test_formats_and_markers_come_from_the_template():
     assert reasoning_markers("{% if enable_thinking %}") == THINK
     assert reasoning_markers("[THINK]{{ x }}[/THINK]").open == "[THINK]"
     assert reasoning_markers("<|im_start|>{{ content }}") is None
+
+
+@pytest.mark.parametrize("pieces", every_cut("<think>\n\n</think>\n\nHi"))
+def test_a_blank_reasoning_block_is_no_reasoning(pieces):
+    choice, events = run(OutputPlan(reasoning=THINK), pieces)
+    assert (choice.thinking, choice.text) == ("", "Hi")
+    assert not any(isinstance(e, ThinkingDelta) for e in events)
+
+
+@pytest.mark.parametrize("pieces", every_cut("<think>\nstep one\nstep two\n</think>ok"))
+def test_reasoning_loses_the_blank_lines_around_it_only(pieces):
+    choice, _ = run(OutputPlan(reasoning=THINK), pieces)
+    assert choice.thinking == "step one\nstep two"
