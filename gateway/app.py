@@ -23,7 +23,13 @@ from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
 from gateway.monitor import register_monitor
-from gateway.routes import register_fallbacks, register_routes, register_send_timeout
+from gateway.routes import (
+    LongRequests,
+    RouteOptions,
+    register_fallbacks,
+    register_routes,
+    register_send_timeout,
+)
 from gateway.service import Service
 from gateway.tracker import Tracker
 
@@ -87,8 +93,9 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway
     access = Access(settings.api_keys, BrowserGuard(settings.host, settings.allowed_hosts, settings.allowed_origins))
-    register_routes(app, ROUTES, gateway.service, access, settings.reasoning_field)
-    register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings)
+    long_requests = LongRequests(settings.http_threads)
+    register_routes(app, ROUTES, gateway.service, access, RouteOptions(settings.reasoning_field, long_requests))
+    register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings, long_requests)
     register_fallbacks(app, openai.ROUTES[0])
     register_send_timeout(app, settings.send_timeout)
     return app

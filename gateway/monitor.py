@@ -26,7 +26,7 @@ from gateway.auth import Access
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
 from gateway.polling import KEEPALIVE, TICK, KeepAlive, poll
-from gateway.routes import client_gone_probe, stream_frames, stream_response
+from gateway.routes import LongRequests, client_gone_probe, stream_frames, stream_response
 from gateway.tracker import STATUSES, Event, Tracker
 from gateway.types import ErrorKind, GatewayError
 
@@ -36,12 +36,13 @@ KEEP_ALIVE_SLACK = 2.0  # seconds a model's keep-alive countdown may drift befor
 
 
 def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool_view: PoolView,
-                     access: Access, settings: Settings) -> None:
+                     access: Access, settings: Settings, long_requests: LongRequests | None = None) -> None:
     """Add the monitor's views to `app`; `metrics` None leaves `/metrics` out. The unload button uses the
     pool on `app.extensions["gateway"]`."""
     views = Blueprint("monitor", __name__, template_folder="dashboard/templates", static_folder="dashboard/static",
                       static_url_path="/dashboard/static")
     keepalive = settings.keepalive_seconds
+    long_requests = long_requests or LongRequests(settings.http_threads)
 
     def guarded(view: Callable[..., Response]) -> Callable[..., Response]:
         def checked(**params: str) -> Response:
@@ -87,8 +88,19 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
     @views.get("/api/events")
     @guarded
     def events() -> Response:
+        try:
+            give_back = long_requests.take()
+        except GatewayError as err:
+            return _error(503, err.message)
         feed = EventFeed(tracker, pool_view, keepalive, client_gone_probe())
-        return stream_response(stream_frames(feed, EventRenderer(), feed.close), "text/event-stream")
+
+        def close() -> None:
+            try:
+                feed.close()
+            finally:
+                give_back()
+
+        return stream_response(stream_frames(feed, EventRenderer(), close), "text/event-stream")
 
     @views.get("/dashboard")
     def dashboard() -> str:

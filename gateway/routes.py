@@ -13,7 +13,9 @@ import logging
 import secrets
 import select
 import socket
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from flask import Flask, Response, request
@@ -24,7 +26,7 @@ from gateway import __version__
 from gateway.auth import Access
 from gateway.json_body import parse_body
 from gateway.polling import KEEPALIVE
-from gateway.service import Call, ProgressNote, Service, Streamed
+from gateway.service import CHANGE_KINDS, Call, ProgressNote, Service, Streamed
 from gateway.types import ErrorKind, GatewayError, invalid
 
 log = logging.getLogger("gateway.http")
@@ -32,8 +34,47 @@ log = logging.getLogger("gateway.http")
 PROGRESS_HEADER = "x-gateway-progress"  # "1": a streamed SSE response also carries `: progress {record}` lines
 
 
+class LongRequests:
+    """The HTTP threads that long requests (generations, embeddings, model changes, event feeds) may hold at
+    once: all but a few, so that quick ones (`/health`, listings, the dashboard) still find a thread when every
+    stream is busy. A long request beyond the limit is refused at once with `overloaded`, which clients retry."""
+
+    def __init__(self, http_threads: int):
+        self.limit = max(1, http_threads - max(2, http_threads // 16))
+        self._slots = threading.BoundedSemaphore(self.limit)
+
+    def take(self) -> Callable[[], None]:
+        """Hold a thread; returns the function that lets it go (safe to call more than once)."""
+        if not self._slots.acquire(blocking=False):
+            raise GatewayError(ErrorKind.OVERLOADED, f"The server is busy: all {self.limit} threads for generations "
+                                                     "and streams are in use; retry shortly.")
+        return _Held(self._slots)
+
+
+class _Held:
+    """One held thread slot; calling it lets the slot go, once."""
+
+    def __init__(self, slots: threading.BoundedSemaphore):
+        self._slots: threading.BoundedSemaphore | None = slots
+
+    def __call__(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+
+@dataclass
+class RouteOptions:
+    reasoning_field: str = "reasoning_content"  # where OpenAI-style responses put reasoning (RequestContext)
+    long_requests: LongRequests = field(default_factory=lambda: LongRequests(64))
+
+
+HOLDING_KINDS = ("chat", "completion", "embedding", *CHANGE_KINDS)
+"""Request kinds that may hold their thread for long: they count against `LongRequests`."""
+
+
 def register_routes(app: Flask, routes: list[Route], service: Service, access: Access,
-                    reasoning_field: str = "reasoning_content") -> None:
+                    options: RouteOptions | None = None) -> None:
     """One Flask view per path and method; where families share one (DESIGN.md, "Where paths collide"), the
     view reads the body once and the first route that `accepts` it serves, else the one without `accepts`."""
     groups: dict[tuple[str, str], list[Route]] = {}
@@ -44,30 +85,30 @@ def register_routes(app: Flask, routes: list[Route], service: Service, access: A
         if sum(r.accepts is None for r in group) != 1:
             raise ValueError(f"{method} {path}: exactly one route must take requests no other route accepts")
         app.add_url_rule(path, endpoint=f"{method}:{path}", methods=[method],
-                         view_func=_view(group, service, access, reasoning_field))
+                         view_func=_view(group, service, access, options or RouteOptions()))
 
 
-def _view(group: list[Route], service: Service, access: Access, reasoning_field: str) -> Callable[..., Response]:
+def _view(group: list[Route], service: Service, access: Access, options: RouteOptions) -> Callable[..., Response]:
     def view(**path_params: str) -> Response:
-        return handle(group, service, access, path_params, reasoning_field)
+        return handle(group, service, access, path_params, options)
 
     return view
 
 
 def handle(group: list[Route], service: Service, access: Access, path_params: dict[str, str],
-           reasoning_field: str) -> Response:
+           options: RouteOptions) -> Response:
     started = time.monotonic()
     ctx = RequestContext(
         request_id=request_id(), created=int(time.time()),
         headers={k.lower(): v for k, v in request.headers.items()}, path_params=path_params,
         query=request.args.to_dict(), method=request.method, server_version=__version__,
-        reasoning_field=reasoning_field)
+        reasoning_field=options.reasoning_field)
     route = group[-1]
     try:
         access.check(ctx.headers, public=all(r.public for r in group), has_body=route.body != "none")
         body = _read_body(route)
         route = next(r for r in group if r.accepts is None or r.accepts(body, ctx))
-        response = _serve(route, body, service, ctx)
+        response = _serve(route, body, service, ctx, options.long_requests)
     except GatewayError as err:
         response = error_response(route, err)
     except Exception:
@@ -80,16 +121,35 @@ def handle(group: list[Route], service: Service, access: Access, path_params: di
     return response
 
 
-def _serve(route: Route, body: Any, service: Service, ctx: RequestContext) -> Response:
+def _serve(route: Route, body: Any, service: Service, ctx: RequestContext, long_requests: LongRequests) -> Response:
     req = route.parse(body, ctx)
+    give_back = long_requests.take() if req.kind in HOLDING_KINDS else _nothing
+    try:
+        return _run(route, req, service, ctx, give_back)
+    except BaseException:
+        give_back()
+        raise
+
+
+def _nothing() -> None:
+    return None
+
+
+def _run(route: Route, req: Any, service: Service, ctx: RequestContext, give_back: Callable[[], None]) -> Response:
     # Opt-in progress inside the client's own stream, only where extra frames break no client: SSE comments.
     progress = route.media_type == "text/event-stream" and ctx.headers.get(PROGRESS_HEADER) in ("1", "true")
     call = Call(ctx.request_id, route.family, route.path, client_gone_probe(), can_stream=route.stream is not None,
                 progress=progress)
     outcome = service.run(req, call)
     if isinstance(outcome, Streamed):
-        frames = stream_frames(outcome.events, route.stream(req, ctx), outcome.close)
-        return stream_response(frames, route.media_type)
+        def close() -> None:
+            try:
+                outcome.close()
+            finally:
+                give_back()
+
+        return stream_response(stream_frames(outcome.events, route.stream(req, ctx), close), route.media_type)
+    give_back()
     return _json(route.render(outcome, req, ctx))
 
 
