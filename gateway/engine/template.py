@@ -89,11 +89,23 @@ class ChatTemplate:
         try:
             return self._template.render(**context)
         except _RENDER_ERRORS as exc:
+            where = self._first_refused(context)
             raise GatewayError(
                 ErrorKind.INVALID_REQUEST,
-                f"The chat template of this model rejected the messages: {exc}",
-                param="messages",
+                f"The chat template of this model rejected {where}: {exc}",
+                param="messages" if where == "the messages" else where,
             ) from exc
+
+    def _first_refused(self, context: dict[str, Any]) -> str:
+        """Which message the template refuses: the first one whose conversation up to it fails to render (a
+        template that only fails on the whole conversation is answered about the messages as a whole)."""
+        messages = context["messages"]
+        for end in range(1, len(messages)):
+            try:
+                self._template.render(**{**context, "messages": messages[:end], "add_generation_prompt": False})
+            except _RENDER_ERRORS:
+                return f"messages[{end - 1}]"
+        return "the messages"
 
 
 def message_dict(message: Message) -> dict[str, Any]:

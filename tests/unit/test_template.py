@@ -123,6 +123,16 @@ def test_raise_exception_is_an_invalid_request() -> None:
     assert err.message == "The chat template of this model rejected the messages: Conversation must start with user"
 
 
+def test_the_message_a_template_refuses_is_named() -> None:
+    alternating = ("{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+                   "{{ raise_exception('roles must alternate') }}{% endif %}{{ m.content }}{% endfor %}")
+    with pytest.raises(GatewayError) as info:
+        ChatTemplate(alternating).render([Message("user", "a"), Message("assistant", "b"), Message("assistant", "c"),
+                                          Message("user", "d")])
+    assert info.value.param == "messages[2]"
+    assert info.value.message == "The chat template of this model rejected messages[2]: roles must alternate"
+
+
 @pytest.mark.parametrize(
     "source",
     [
