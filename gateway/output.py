@@ -19,6 +19,7 @@ import string
 from dataclasses import dataclass, field
 
 from gateway.chat_formats import ChatFormat, ReasoningMarkers
+from gateway.markers import partial_marker_len
 from gateway.types import (
     Choice,
     ChoiceDone,
@@ -134,7 +135,7 @@ class ChoiceOutput:
             return
         keep = 0
         if not final:
-            keep = _partial_marker(self._buffer, (close,))
+            keep = partial_marker_len(self._buffer, (close,))
             head = self._buffer[:len(self._buffer) - keep]
             keep += len(head) - len(head.rstrip())
         self._thinking(out, self._buffer[:len(self._buffer) - keep])
@@ -166,7 +167,7 @@ class ChoiceOutput:
         if self._may_hold():
             self._mode = "held"
             return
-        keep = 0 if final else _partial_marker(self._buffer, markers)
+        keep = 0 if final else partial_marker_len(self._buffer, markers)
         if not final and markers and not self._content_started and not self._buffer[:-keep or None].strip():
             keep = len(self._buffer)  # leading space: reasoning or a call may still follow it
         self._text(out, self._buffer[:len(self._buffer) - keep])
@@ -215,7 +216,7 @@ class ChoiceOutput:
             self._buffer = self._buffer[end + len(fmt.call_close):]
             self._finish_call(out, call.text, fmt.call_open, fmt.call_close)
             return
-        keep = 0 if final else _partial_marker(self._buffer, (fmt.call_close,))
+        keep = 0 if final else partial_marker_len(self._buffer, (fmt.call_close,))
         call.text += self._buffer[:len(self._buffer) - keep]
         self._buffer = self._buffer[len(self._buffer) - keep:]
         self._stream_call(out, call)
@@ -276,17 +277,6 @@ class ChoiceOutput:
     def _take_logprobs(self) -> list[TokenLogprob] | None:
         taken, self._logprobs = self._logprobs, []
         return taken or None
-
-
-def _partial_marker(text: str, markers: tuple[str, ...]) -> int:
-    """The length of the longest end of `text` that could be the start of a marker (held back until known)."""
-    best = 0
-    for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), best, -1):
-            if text.endswith(marker[:size]):
-                best = size
-                break
-    return best
 
 
 def _scan_json(call: _Call, text: str) -> int:

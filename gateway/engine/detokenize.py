@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import codecs
 
-
-def partial_stop_len(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
+from gateway.markers import partial_marker_len
 
 
 class TextStream:
@@ -48,7 +39,7 @@ class TextStream:
                 cut += len(self.matched_stop)
             out, self._held = self._held[:cut], ""
             return out
-        keep = partial_stop_len(self._held, self._stops)
+        keep = partial_marker_len(self._held, self._stops)
         out = self._held[: len(self._held) - keep]
         self._held = self._held[len(self._held) - keep:]
         return out

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.engine.detokenize import TextStream, partial_stop_len
+from gateway.engine.detokenize import TextStream
+from gateway.markers import partial_marker_len
 
 
 @pytest.mark.parametrize("text, stops, expected", [
@@ -13,8 +14,8 @@ from gateway.engine.detokenize import TextStream, partial_stop_len
     ("", ["x"], 0),
     ("worl", ["world", "orlando"], 4),
 ])
-def test_partial_stop_len(text, stops, expected):
-    assert partial_stop_len(text, stops) == expected
+def test_partial_marker_len(text, stops, expected):
+    assert partial_marker_len(text, stops) == expected
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:
