@@ -202,6 +202,9 @@ def _read_body(route: Route) -> Any:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.") from None
+    if request.content_length is not None and len(raw) < request.content_length:
+        raise invalid(f"The request body ended after {len(raw)} of its {request.content_length} bytes "
+                      "(Content-Length).")
     if not raw.strip():
         raise invalid("The request body is empty: expected a JSON object.")
     return parse_body(raw)

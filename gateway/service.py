@@ -307,8 +307,9 @@ class Service:
                     gather(choices[event.index], event)
         finally:
             gen.close()
-        if done is None:
-            raise GatewayError(ErrorKind.INTERNAL, "The generation was cancelled.")
+        if done is None:  # the events stop early only when the client hung up (or closed its sending side)
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "The client closed the connection before the answer was "
+                                                          "ready, so the generation was cancelled.")
         return GenerationResult([choices[i] for i in sorted(choices)], done.usage, done.timings)
 
 

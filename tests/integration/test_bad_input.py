@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -162,3 +163,23 @@ def test_still_healthy_after_all_that(server: GatewayServer) -> None:
     assert r.json() == {"status": "ok", "models_loaded": [MODEL]}
     ok = post_raw(server, CHAT, json.dumps({"model": MODEL, "messages": USER, "max_tokens": 2, "temperature": 0}))
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("short", [True, False])
+def test_a_client_that_closes_its_sending_side_gets_a_4xx(server: GatewayServer, short: bool) -> None:
+    """A body shorter than its Content-Length is refused; a whole body followed by a half-close (the client's
+    side shut, so it looks gone) ends the generation with a 4xx, never a 500."""
+    body = json.dumps({"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 200, "min_tokens": 200}).encode()
+    length = len(body) + (1000 if short else 0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(length).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert 400 <= status < 500, reply[:300]
+    message = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+    assert ("Content-Length" in message) if short else ("closed the connection" in message)
