@@ -10,8 +10,9 @@ only the engine's share is seen), alternating the scenarios `--rounds` times:
 (c) The grammar's own cost per token: the time `SamplerChain.sample` takes with and without the grammar, on
     the same logits, greedy and at temperature 0.8 (sampled tokens are rejected by the grammar more often).
 
-Every job generates until its end (a constrained one when its document is complete) or `--max-tokens`, and is
-resubmitted at once (closed loop), for `--seconds` per scenario.
+Every job generates `--max-tokens` (the schema asks for forty people, more than fit) and is resubmitted at once
+(closed loop), for `--seconds` per scenario. Throughput drifts by ±10% over minutes on a small machine, so the
+ratios are taken within each round (the scenarios of a round run back to back) and their median is reported.
 
 Usage:
     .venv/bin/python bench/grammar.py                     # 3 rounds, 15 s per scenario, parallel 8
@@ -40,7 +41,7 @@ from gateway.engine.sampling import GrammarCache, SamplerChain
 from gateway.models.embedded import embedded_model_path
 from gateway.types import Constraint, SamplingParams
 
-SCHEMA = {
+PERSON = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "maxLength": 40},
@@ -50,7 +51,12 @@ SCHEMA = {
     },
     "required": ["name", "age", "city", "hobbies"],
 }
-PROMPT = "<|im_start|>user\nDescribe a person as JSON: name, age, city, hobbies.<|im_end|>\n<|im_start|>assistant\n"
+SCHEMA = {"type": "object", "properties": {"people": {"type": "array", "items": PERSON, "minItems": 40}},
+          "required": ["people"]}
+"""Forty people: no document can end before `--max-tokens`, so constrained and free jobs are equally long and
+only the grammar differs (a document that ended early would restart its job more often)."""
+PROMPT = ("<|im_start|>user\nDescribe forty people as JSON: name, age, city, hobbies.<|im_end|>\n"
+          "<|im_start|>assistant\n")
 SAMPLING = SamplingParams(temperature=0.8, seed=7)
 
 
@@ -128,6 +134,10 @@ def sample_cost(executor: Executor, grammar: str, temperature: float, tokens: in
     return results[0], results[1]
 
 
+def _median_ratio(tops: list[float], bottoms: list[float]) -> float:
+    return statistics.median(t / b for t, b in zip(tops, bottoms, strict=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parallel", type=int, default=8)
@@ -163,8 +173,8 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in rows.items()}
     result = {
         "rounds": args.rounds, "seconds": args.seconds, "parallel": args.parallel, "medians": med,
-        "json_over_free_c1": med["single_json"] / med["single_free"],
-        "beside_over_alone": med["batch_beside"] / med["batch_free"],
+        "json_over_free_c1": _median_ratio(rows["single_json"], rows["single_free"]),
+        "beside_over_alone": _median_ratio(rows["batch_beside"], rows["batch_free"]),
         "sample_ms": {k: {"free": a * 1e3, "json": b * 1e3, "grammar_cost": (b - a) * 1e3}
                       for k, (a, b) in costs.items()},
     }
