@@ -167,6 +167,7 @@ def _parse_generation_fields(body: dict[str, Any], req: InternalRequest) -> None
     req.constraint = parse_format(body.get("format"))
     _parse_think(body.get("think"), req)
     req.keep_think_tags = req.think is None  # as the seed design keeps them: in the text, tags and all
+    req.think_required = req.think is True  # Ollama refuses `think` for a model without the capability
     truncate = get_typed(body, "truncate", bool, "a boolean", default=True)
     req.truncate = "drop_turns" if truncate else "error"
     get_typed(body, "shift", bool, "a boolean")  # context shifting is the engine's business; only the type is checked

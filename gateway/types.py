@@ -219,6 +219,7 @@ class InternalRequest:
     keep_alive: float | None = None
     think: bool | None = None  # reasoning on or off (reaches the template as enable_thinking); None: the model's way
     keep_think_tags: bool = False  # leave reasoning in the text, tags and all (Ollama with `think` unset)
+    think_required: bool = False  # `think` on for a model that cannot reason is a 400 (Ollama), not ignored
     reasoning_budget: int | None = None  # reasoning ends after this many tokens (Anthropic budget_tokens)
     add_generation_prompt: bool = True
     continue_final_message: bool = False  # render the last (assistant) message open, to be continued

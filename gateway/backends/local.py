@@ -150,6 +150,9 @@ class LocalBackend(Backend):
 
     def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:
         runner = self._live_runner()
+        if req.think_required and self.style.reasoning is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f'"{spec.name}" does not support thinking', "think",
+                               details={"model": spec.name})
         if req.kind == "chat":
             if req.tools and req.tool_choice == "auto":  # a model too small to call tools unasked can be told to
                 req = replace(req, tool_choice=spec.tool_choice)

@@ -64,8 +64,18 @@ def test_list_and_show_describe_the_model_from_its_gguf(client: ollama.Client) -
     assert shown.modelinfo["llama.context_length"] == 8192
     assert "tokenizer.ggml.tokens" not in shown.modelinfo
     assert "im_start" in shown.template
-    assert "completion" in shown.capabilities
+    assert "completion" in shown.capabilities and "tools" in shown.capabilities
+    assert "thinking" not in shown.capabilities  # the CLI would send think: true on every call
     assert shown.details.quantization_level == "Q4_1"
+
+
+def test_think_for_a_model_that_cannot_reason_is_refused_as_ollama_does(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}], think=True)
+    assert info.value.status_code == 400 and "does not support thinking" in info.value.error
+    answer = client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}], think=False,
+                         options={"num_predict": 4})
+    assert answer.message.content and not answer.message.thinking
 
 
 def test_chat_streamed_and_not_give_the_same_text(client: ollama.Client) -> None:
