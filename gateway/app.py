@@ -18,6 +18,7 @@ from gateway.browser_guard import BrowserGuard
 from gateway.config import Settings, load_settings, memory_budget_bytes
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
+from gateway.engine.llama import LoadParams
 from gateway.metrics import Metrics
 from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
@@ -62,7 +63,7 @@ def build_gateway(settings: Settings) -> Gateway:
     pool = ModelPool(
         ExecutorSettings(parallel=settings.parallel, n_ctx=settings.n_ctx or None, n_batch=settings.n_batch,
                          prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
-                         max_queue=settings.max_queue),
+                         max_queue=settings.max_queue, load=LoadParams(n_gpu_layers=settings.n_gpu_layers)),
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,
                            settings.registry_private_networks, settings.registry_hosts)

@@ -74,6 +74,8 @@ SETTINGS: list[Setting] = [
     Setting("n_batch", 512, int, "Most tokens in one decode step."),
     Setting("prefill_chunk", 128, int, "Most prompt tokens added to a step while other sequences generate."),
     Setting("n_threads", 0, int, "CPU threads for decoding; 0 means the number of physical cores."),
+    Setting("n_gpu_layers", -1, int, "Layers offloaded to GPUs for models that set none: -1 all, 0 none. Only "
+                                     "where this build of llama.cpp can offload (CUDA, Metal, Vulkan...)."),
     Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
     Setting("keep_alive", 300.0, float, "How long an idle model stays loaded: seconds or a duration ('5m', "
                                         "'1h'); negative keeps it forever, 0 unloads it when idle."),

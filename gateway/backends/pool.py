@@ -292,18 +292,21 @@ class ModelPool:
             # a client's num_thread applies only when its request loads the model: never beyond this machine
             n_threads=spec.n_threads or min(options.get("n_threads") or 0, os.cpu_count() or 1) or base.n_threads,
             max_queue=base.max_queue,
-            load=LoadParams(n_gpu_layers=_gpu_layers(options, spec), split_mode=spec.split_mode,
+            load=LoadParams(n_gpu_layers=_gpu_layers(options, spec, base.load), split_mode=spec.split_mode,
                             main_gpu=spec.main_gpu, tensor_split=spec.tensor_split,
                             repack=resolve_repack(spec.repack)),
         )
 
 
-def _gpu_layers(options: dict[str, int], spec: ModelSpec) -> int:
+def _gpu_layers(options: dict[str, int], spec: ModelSpec, server: LoadParams | None) -> int:
     """A client's num_gpu applies only where this machine can offload at all (llama.cpp clamps the count to the
-    model's layers itself); elsewhere the model's own setting stands."""
-    if "n_gpu_layers" not in options or not supports_gpu_offload():
-        return spec.n_gpu_layers
-    return max(-1, options["n_gpu_layers"])
+    model's layers itself); elsewhere the model's own setting, else the server's (discovered and store models
+    included), and nothing on a build that cannot offload."""
+    if not supports_gpu_offload():
+        return spec.n_gpu_layers or 0
+    if "n_gpu_layers" in options:
+        return max(-1, options["n_gpu_layers"])
+    return spec.n_gpu_layers if spec.n_gpu_layers is not None else (server.n_gpu_layers if server else 0)
 
 
 def _gib(n: int) -> str:

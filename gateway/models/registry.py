@@ -40,7 +40,7 @@ class ModelSpec:
     aliases: list[str] = field(default_factory=list)
     parallel: int | None = None
     n_ctx: int | None = None
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | None = None  # layers offloaded to GPUs; None: the server's `n_gpu_layers`
     split_mode: str = "layer"
     main_gpu: int = 0
     tensor_split: list[float] | None = None
@@ -66,7 +66,7 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "aliases": (list, False),
     "parallel": (int, True),
     "n_ctx": (int, True),
-    "n_gpu_layers": (int, False),
+    "n_gpu_layers": (int, True),
     "split_mode": (str, False),
     "main_gpu": (int, False),
     "tensor_split": (list, True),

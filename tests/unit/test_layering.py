@@ -54,8 +54,8 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.types": set(),
     "gateway.config": {"gateway.types", "yaml"},
     "gateway.app": {"adapters.*", "gateway.*", "flask"},
-    "gateway.__main__": {"gateway.app", "gateway.config", "gateway.engine.cpu", "gateway.models.registry",
-                         "gunicorn"},
+    "gateway.__main__": {"gateway.app", "gateway.config", "gateway.engine.cpu", "gateway.engine.llama",
+                         "gateway.models.registry", "gunicorn"},
     "gateway": set(),
     "adapters": set(),
 }

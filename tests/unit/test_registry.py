@@ -157,7 +157,7 @@ def test_bad_aliases(models_dir: Path, smollm2: str, aliases: dict[str, str], me
         ({"parallel": "2"}, "models\\[0\\].parallel: wrong type str"),
         ({"n_ctx": 2.5}, "models\\[0\\].n_ctx: wrong type float"),
         ({"n_gpu_layers": True}, "models\\[0\\].n_gpu_layers: wrong type bool"),
-        ({"n_gpu_layers": None}, "models\\[0\\].n_gpu_layers: wrong type NoneType"),
+        ({"n_gpu_layers": "all"}, "models\\[0\\].n_gpu_layers: wrong type str"),
         ({"aliases": "gpt-4o"}, "models\\[0\\].aliases: wrong type str"),
         ({"aliases": ["ok", 3]}, "models\\[0\\].aliases: wrong type list"),
         ({"tensor_split": [0.5, "x"]}, "models\\[0\\].tensor_split"),
@@ -199,7 +199,7 @@ def test_duplicate_configured_names(smollm2: str) -> None:
 def test_spec_defaults() -> None:
     spec = ModelSpec(name="m", path="/m.gguf")
     assert (spec.n_gpu_layers, spec.split_mode, spec.main_gpu, spec.tensor_split, spec.embedded) == (
-        0,
+        None,
         "layer",
         0,
         None,
