@@ -152,7 +152,7 @@ def load_settings(config_file: str | None = None, env: Mapping[str, str] | None 
     config_file = config_file or env.get("GATEWAY_CONFIG")
     if config_file:
         try:
-            with open(config_file) as f:
+            with open(os.path.expanduser(config_file)) as f:
                 data = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
@@ -168,8 +168,21 @@ def load_settings(config_file: str | None = None, env: Mapping[str, str] | None 
     for key, value in (overrides or {}).items():
         if value is not None:
             settings.values[key] = _coerce(_BY_KEY[key], value, f"--{key.replace('_', '-')}")
+    _expand_paths(settings)
     _validate(settings)
     return settings
+
+
+def _expand_paths(settings: Settings) -> None:
+    """`~` in every path setting means the home folder, as in a shell: `models_dirs: [~/models]` would
+    otherwise look for a folder literally named `~` and serve nothing."""
+    values = settings.values
+    values["models_dirs"] = [os.path.expanduser(d) if isinstance(d, str) else d for d in values["models_dirs"]]
+    if values["ollama_models"] not in ("auto", "off"):
+        values["ollama_models"] = os.path.expanduser(values["ollama_models"])
+    values["models"] = [{**entry, "path": os.path.expanduser(entry["path"])}
+                        if isinstance(entry, dict) and isinstance(entry.get("path"), str) else entry
+                        for entry in values["models"]]
 
 
 def _validate(settings: Settings) -> None:

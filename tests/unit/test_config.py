@@ -72,3 +72,14 @@ def test_a_keep_alive_that_is_not_finite_is_a_config_error(tmp_path):
     path.write_text("keep_alive: .inf\n")
     with pytest.raises(ConfigError, match="keep_alive"):
         load_settings(str(path), env={})
+
+
+def test_a_tilde_in_any_path_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "gw.yaml").write_text("models_dirs: [~/models]\nollama_models: ~/store\n"
+                                      "models: [{name: m, path: ~/m.gguf}]\n")
+    settings = load_settings("~/gw.yaml", env={})
+    assert settings.models_dirs == [str(tmp_path / "models")]
+    assert settings.ollama_models == str(tmp_path / "store")
+    assert settings.models[0]["path"] == str(tmp_path / "m.gguf")
+    assert load_settings(env={"GATEWAY_OLLAMA_MODELS": "auto"}).ollama_models == "auto"
