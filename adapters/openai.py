@@ -122,14 +122,18 @@ def parse_chat(body: Any, ctx: RequestContext) -> InternalRequest:
 
 
 def _parse_reasoning_effort(body: dict[str, Any], req: InternalRequest) -> None:
+    apply_reasoning_effort(get_typed(body, "reasoning_effort", str, "a string"), "reasoning_effort", req)
+
+
+def apply_reasoning_effort(effort: str | None, param: str, req: InternalRequest) -> None:
     """`none` turns reasoning off; a level turns it on and reaches the template as `reasoning_effort` (as
-    gpt-oss templates read it). Models that cannot reason ignore it, as OpenAI's non-reasoning models do."""
-    effort = get_typed(body, "reasoning_effort", str, "a string")
+    gpt-oss templates read it). Models that cannot reason ignore it, as OpenAI's non-reasoning models do.
+    Chat reads it from `reasoning_effort`, the Responses API from `reasoning.effort`."""
     if effort is None:
         return
     if effort not in REASONING_EFFORTS:
-        raise invalid(f"Invalid value for `reasoning_effort`: expected one of {', '.join(map(repr, REASONING_EFFORTS))}"
-                      f", got {effort!r}.", "reasoning_effort")
+        raise invalid(f"Invalid value for `{param}`: expected one of {', '.join(map(repr, REASONING_EFFORTS))}"
+                      f", got {effort!r}.", param)
     req.think = effort != "none"
     if req.think:
         req.template_kwargs.setdefault("reasoning_effort", effort)

@@ -125,12 +125,17 @@ def _parse_tool(tool: Any, name: str) -> Tool:
     if kind != "function":
         raise invalid(f"Invalid value for `{name}.type`: expected 'function', got {kind!r}.", name + ".type")
     function = get_typed(tool, "function", dict, "an object", required=True, prefix=name + ".")
-    prefix = name + ".function."
+    return function_tool(function, name + ".function.")
+
+
+def function_tool(spec: dict[str, Any], prefix: str) -> Tool:
+    """A function's name, description, parameters and strict flag: nested under `function` in chat bodies, flat
+    in the Responses API's tools, the same fields either way."""
     return Tool(
-        name=get_typed(function, "name", str, "a string", required=True, prefix=prefix),
-        description=get_typed(function, "description", str, "a string", default="", prefix=prefix),
-        parameters=get_typed(function, "parameters", dict, "an object", default={}, prefix=prefix),
-        strict=get_typed(function, "strict", bool, "a boolean", default=False, prefix=prefix),
+        name=get_typed(spec, "name", str, "a string", required=True, prefix=prefix),
+        description=get_typed(spec, "description", str, "a string", default="", prefix=prefix),
+        parameters=get_typed(spec, "parameters", dict, "an object", default={}, prefix=prefix),
+        strict=get_typed(spec, "strict", bool, "a boolean", default=False, prefix=prefix),
     )
 
 
@@ -143,13 +148,17 @@ def parse_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
         return value
     if isinstance(value, dict) and value.get("type", "function") == "function":
         function = get_typed(value, "function", dict, "an object", required=True, prefix="tool_choice.")
-        fname = get_typed(function, "name", str, "a string", required=True, prefix="tool_choice.function.")
-        if fname not in {tool.name for tool in tools}:
-            raise invalid(f"Invalid value for `tool_choice.function.name`: {fname!r} is not one of `tools`.",
-                          "tool_choice.function.name")
-        return fname
+        return named_tool(function, tools, "tool_choice.function.")
     raise invalid("Invalid value for `tool_choice`: expected 'none', 'auto', 'required' or "
                   '{"type": "function", "function": {"name": ...}}.', "tool_choice")
+
+
+def named_tool(spec: dict[str, Any], tools: list[Tool], prefix: str) -> str:
+    """The function a `tool_choice` object names, which must be one of `tools`."""
+    fname = get_typed(spec, "name", str, "a string", required=True, prefix=prefix)
+    if fname not in {tool.name for tool in tools}:
+        raise invalid(f"Invalid value for `{prefix}name`: {fname!r} is not one of `tools`.", prefix + "name")
+    return fname
 
 
 def parse_response_format(value: Any) -> Constraint | None:

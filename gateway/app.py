@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from adapters import claude, ollama, openai, tgi, vllm
+from adapters import claude, ollama, openai, openai_responses, tgi, vllm
 from gateway.auth import Access
 from gateway.backends.local import LocalBackend, estimate_bytes, vram_bytes
 from gateway.backends.pool import ModelPool, PoolSettings
@@ -24,6 +24,7 @@ from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
 from gateway.monitor import register_monitor
+from gateway.response_store import Conversations, open_store
 from gateway.routes import (
     LongRequests,
     RouteOptions,
@@ -36,7 +37,7 @@ from gateway.tracker import Tracker
 
 log = logging.getLogger("gateway")
 
-ROUTES = [*openai.ROUTES, *claude.ROUTES, *ollama.ROUTES, *tgi.ROUTES, *vllm.ROUTES]
+ROUTES = [*openai.ROUTES, *openai_responses.ROUTES, *claude.ROUTES, *ollama.ROUTES, *tgi.ROUTES, *vllm.ROUTES]
 """Every family's routes; where two share a path and method, the one with `accepts` is tried first."""
 
 
@@ -69,7 +70,8 @@ def build_gateway(settings: Settings) -> Gateway:
                            settings.registry_private_networks, settings.registry_hosts)
     tracker = Tracker(settings.request_history)
     metrics = Metrics(tracker) if settings.metrics else None
-    service = Service(registry, pool, settings.keepalive_seconds, changes, tracker)
+    service = Service(registry, pool, settings.keepalive_seconds, changes, tracker,
+                      Conversations(open_store(settings.responses_store)))
     return Gateway(settings, registry, pool, service, tracker, metrics)
 
 

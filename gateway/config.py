@@ -92,6 +92,9 @@ SETTINGS: list[Setting] = [
     Setting("reasoning_field", "reasoning_content", str, "Where OpenAI-style responses put a model's reasoning: "
                                                          "'reasoning_content' (llama.cpp, DeepSeek), 'reasoning' "
                                                          "(newer vLLM, Ollama's /v1) or 'both'."),
+    Setting("responses_store", "memory", str, "Where Responses API answers are kept for previous_response_id, "
+                                              "GET and DELETE (the 1000 most recently used): 'memory', or the "
+                                              "path of a SQLite file, so they survive a restart."),
     Setting("request_history", 1000, int, "Finished requests kept for /api/requests and the dashboard."),
     Setting("metrics", True, bool, "Serve Prometheus metrics at /metrics."),
 ]
@@ -180,6 +183,8 @@ def _expand_paths(settings: Settings) -> None:
     values["models_dirs"] = [os.path.expanduser(d) if isinstance(d, str) else d for d in values["models_dirs"]]
     if values["ollama_models"] not in ("auto", "off"):
         values["ollama_models"] = os.path.expanduser(values["ollama_models"])
+    if values["responses_store"] != "memory":
+        values["responses_store"] = os.path.expanduser(values["responses_store"])
     values["models"] = [{**entry, "path": os.path.expanduser(entry["path"])}
                         if isinstance(entry, dict) and isinstance(entry.get("path"), str) else entry
                         for entry in values["models"]]
@@ -199,6 +204,8 @@ def _validate(settings: Settings) -> None:
     if settings.reasoning_field not in ("reasoning_content", "reasoning", "both"):
         raise ConfigError("`reasoning_field` must be reasoning_content, reasoning or both, got "
                           f"{settings.reasoning_field!r}")
+    if not settings.responses_store.strip():
+        raise ConfigError("`responses_store` must be 'memory' or the path of a SQLite file, got an empty string")
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
     memory_budget_bytes(settings)

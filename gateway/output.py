@@ -76,6 +76,7 @@ class ChoiceOutput:
     plan: OutputPlan
     index: int
     calls_made: int = 0
+    reasoning_tokens: int = 0  # pieces fed while reading reasoning (its markers included)
     _buffer: str = ""
     _mode: str = "content"  # content | reasoning | call | held (bare JSON that may be a call)
     _content_started: bool = False
@@ -94,7 +95,11 @@ class ChoiceOutput:
         if logprobs:
             self._logprobs += logprobs
         self._buffer += text
-        return self._drain(final=False)
+        was_reasoning = self._mode == "reasoning"
+        events = self._drain(final=False)
+        if was_reasoning or self._mode == "reasoning":  # a piece is one token: what `reasoning_tokens` counts
+            self.reasoning_tokens += 1
+        return events
 
     def close(self) -> list[OutputEvent]:
         if not self.plan.active:

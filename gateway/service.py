@@ -19,6 +19,7 @@ from gateway.model_changes import ChangeRun, ModelChanges
 from gateway.models.registry import ModelRegistry, ModelSpec
 from gateway.output import ChoiceOutput, gather
 from gateway.polling import KEEPALIVE, TICK, ClientGone, KeepAlive, poll
+from gateway.response_store import Conversations, MemoryStore
 from gateway.tracker import Record, Tracker
 from gateway.types import (
     Choice,
@@ -49,7 +50,7 @@ from gateway.types import (
 log = logging.getLogger("gateway.service")
 
 QUERY_KINDS = ("list_models", "show_model", "list_running", "health", "version", "tokenize", "detokenize",
-               "load_model", "unload_model")
+               "load_model", "unload_model", "get_response", "delete_response")
 CHANGE_KINDS = ("copy_model", "delete_model", "create_model", "pull_model")
 PROGRESS_EVERY = 1.0  # seconds between progress notes while generating
 PLACEHOLDER_MODELS = ("dummy", "tgi")
@@ -110,8 +111,10 @@ class Generation:
 
 class Service:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0,
-                 changes: ModelChanges | None = None, tracker: Tracker | None = None):
+                 changes: ModelChanges | None = None, tracker: Tracker | None = None,
+                 conversations: Conversations | None = None):
         self.tracker = tracker or Tracker()
+        self.conversations = conversations or Conversations(MemoryStore())  # the Responses API's stored answers
         self.registry = registry
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
@@ -130,6 +133,7 @@ class Service:
                                                         "(`store_changes: false`).")
             change = ChangeRun(self.changes, req.change, call.client_gone)
             return Streamed(change, change.close) if streaming else change.last()
+        self.conversations.expand(req)
         record = self.tracker.open(call.request_id, call.family, call.endpoint, req.model, req.stream)
         try:
             if req.kind == "embedding":
@@ -137,8 +141,8 @@ class Service:
             gen = self.start(req, record)
             gen.progress = call.progress
             if streaming:
-                return Streamed(self.events(gen, call.client_gone), gen.close)
-            return self.complete(gen, call.client_gone)
+                return Streamed(self.conversations.follow(req, self.events(gen, call.client_gone)), gen.close)
+            return self.conversations.keep(req, self.complete(gen, call.client_gone))
         except GatewayError as err:
             record.finish("failed", error=err.message)
             raise
@@ -162,6 +166,8 @@ class Service:
 
     def query(self, req: InternalRequest) -> Result:
         kind = req.kind
+        if kind in ("get_response", "delete_response"):
+            return self.conversations.answer(req)
         if kind == "health":
             return HealthResult("ok", sorted(self.pool.loaded()))
         if kind == "version":
@@ -275,7 +281,8 @@ class Service:
                     gen.close()
                     raise event.error
                 usage = Usage(event.prompt_tokens if by_index[index].count_prompt else 0,
-                              event.completion_tokens, event.cached_tokens if by_index[index].count_prompt else 0)
+                              event.completion_tokens, event.cached_tokens if by_index[index].count_prompt else 0,
+                              outputs[index].reasoning_tokens)
                 total.add(usage)
                 timings.queued = max(timings.queued, event.queued_seconds)
                 timings.prompt = max(timings.prompt, event.prompt_seconds)

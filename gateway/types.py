@@ -176,6 +176,7 @@ RequestKind = Literal[
     "list_models", "show_model", "list_running", "health", "version",  # queries: ModelList, ModelInfo, ...
     "load_model", "unload_model",  # LoadResult
     "copy_model", "delete_model", "create_model", "pull_model",  # ModelChange → Progress events
+    "get_response", "delete_response",  # a stored Responses API answer (`response.id`): StoredResponse, Deleted
 ]
 """`tokenize` takes `messages` (rendered with the chat template) or `prompts[0]` (text); `detokenize` takes
 `prompts[0]` as token ids; `show_model` with an empty `model` is the default model (TGI's /info)."""
@@ -232,7 +233,21 @@ class InternalRequest:
     clip_max_tokens: bool = False  # a max_tokens beyond the window is cut to fit, not refused (Anthropic)
     load_options: dict[str, int] = field(default_factory=dict)  # n_threads, n_gpu_layers: used if this loads
     change: ModelChange | None = None
+    response: ResponseThread | None = None  # the Responses API's stored conversations
     render: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResponseThread:
+    """Where a Responses API request sits in its stored conversation. The service puts the conversation of
+    `previous_id` before `InternalRequest.messages` (after the request's own instructions, which are not carried
+    over, as OpenAI does) and, when `store`, keeps the answer under `id` with the conversation that led to it.
+    For get_response / delete_response, `id` is the one asked for."""
+
+    id: str
+    previous_id: str | None = None
+    store: bool = True
+    instructions: bool = False  # messages[0] is this request's instructions: it stays first and is not kept
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,6 +272,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens: those the output stage read as reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -266,6 +282,7 @@ class Usage:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
 
 
 @dataclass
@@ -444,6 +461,25 @@ class LoadResult:
 
 
 @dataclass
+class StoredResponse:
+    """A kept Responses API answer: the conversation that led to it with its own output appended as messages
+    (what a later `previous_response_id` continues), the result, and the adapter's `render` values, from which the
+    adapter renders the same response object again."""
+
+    id: str
+    messages: list[Message]
+    result: GenerationResult
+    render: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Deleted:
+    """A stored object was deleted (the Responses API's DELETE)."""
+
+    id: str
+
+
+@dataclass
 class Progress:
     """One step of a model change (pull, create, copy, delete); the last one of a success has status 'success'."""
 
@@ -454,7 +490,7 @@ class Progress:
 
 
 Result = Union[GenerationResult, EmbeddingResult, ModelList, ModelInfo, HealthResult, RunningList, VersionResult,
-               TokenizeResult, DetokenizeResult, LoadResult, Progress]
+               TokenizeResult, DetokenizeResult, LoadResult, Progress, StoredResponse, Deleted]
 
 OutputEvent = Union[PromptStarted, TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done, Progress]
 """What a stream renderer is fed: generation events, or a model change's progress."""

@@ -13,7 +13,8 @@ from adapters.base import SSE_KEEPALIVE, BaseStream, Frame, RequestContext
 from gateway.types import Done, ErrorKind, GatewayError, InternalRequest, OutputEvent, TextDelta, Usage
 
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
-FAMILY_OF = {"openai": "openai", "vllm": "vllm", "ollama": "ollama", "ollama_models": "ollama", "claude": "claude",
+FAMILY_OF = {"openai": "openai", "openai_responses": "openai", "openai_responses_render": "openai",
+             "vllm": "vllm", "ollama": "ollama", "ollama_models": "ollama", "claude": "claude",
              "tgi": "tgi"}
 """Each family's modules; every other module in adapters/ is a leaf that any family may import."""
 
@@ -58,7 +59,7 @@ def test_no_module_imports_another_familys_module(path: Path) -> None:
     assert crossing == set()
 
 
-@pytest.mark.parametrize("family", ["openai", "vllm", "ollama", "claude", "tgi"])
+@pytest.mark.parametrize("family", ["openai", "openai_responses", "vllm", "ollama", "claude", "tgi"])
 def test_every_stream_renderer_is_a_base_stream(family: str) -> None:
     streams = [route.stream for route in importlib.import_module(f"adapters.{family}").ROUTES if route.stream]
     assert streams and all(isinstance(s, type) and issubclass(s, BaseStream) for s in streams)

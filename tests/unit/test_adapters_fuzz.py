@@ -22,6 +22,8 @@ BASES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "m", "messages": HI, "max_tokens": 4},
     "/v1/completions": {"model": "m", "prompt": "hi", "max_tokens": 4},
     "/v1/embeddings": {"model": "m", "input": "hi"},
+    "/v1/responses": {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+                      "max_output_tokens": 4, "tools": [{"type": "function", "name": "f", "parameters": {}}]},
     "/v1/messages": {"model": "m", "max_tokens": 4, "messages": HI},
     "/v1/messages/count_tokens": {"model": "m", "messages": HI},
     "/api/chat": {"model": "m", "messages": HI, "options": {"temperature": 0}},
@@ -52,11 +54,14 @@ FIELDS = ["model", "messages", "prompt", "input", "inputs", "parameters", "strea
           "decoder_input_details", "return_full_text", "grammar", "do_sample", "best_of", "frequency_penalty",
           "presence_penalty", "repetition_penalty", "echo", "user", "source", "destination", "from", "insecure",
           "files", "adapters", "tokens", "prompt_token_ids", "output_config", "context_management", "top_n_tokens",
-          "typical_p", "watermark", "num_ctx", "num_predict", "num_thread", "num_gpu", "service_tier", "modalities"]
+          "typical_p", "watermark", "num_ctx", "num_predict", "num_thread", "num_gpu", "service_tier", "modalities",
+          "instructions", "max_output_tokens", "text", "reasoning", "truncation", "previous_response_id", "include",
+          "store", "parallel_tool_calls", "background", "conversation"]
 NESTED = [("messages", 0), ("messages", 0, "content"), ("messages", 0, "role"), ("messages", 0, "tool_calls"),
           ("messages", 0, "images"), ("options", "temperature"), ("options", "stop"), ("options", "num_ctx"),
           ("parameters", "stop"), ("parameters", "max_new_tokens"), ("parameters", "grammar"),
-          ("parameters", "temperature"), ("parameters", "details")]
+          ("parameters", "temperature"), ("parameters", "details"), ("input", 0), ("input", 0, "content"),
+          ("input", 0, "type"), ("input", 0, "content", 0), ("tools", 0), ("tools", 0, "type")]
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -72,6 +77,10 @@ AWKWARD = [
                                                            "function": {"name": "f", "arguments": "{"}}]}],
     {"²": 1}, {"-1": 1}, {"99999999999999999999": 1}, "²", "\x00", "𝟘", -2**63, 2**63, -1e308, 0.5, True,
     [None], [[]], [{}], {"": None}, "1h", "-1", "5m", "nope",
+    {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}, {"effort": "low"},
+    [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+     {"type": "function_call_output", "call_id": "c", "output": "1"}],
+    [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}]}, {"role": "assistant", "content": "a"}],
 ]
 LIKELY = JSON | st.sampled_from(AWKWARD)
 

@@ -40,6 +40,7 @@ def test_list_settings_from_the_environment_accept_json_or_a_single_value():
     ("aliases: [1]\n", "`aliases` must be dict"),
     ("- a\n", "top level must be a mapping"),
     ("log_level: loud\n", "`log_level`"),
+    ("responses_store: ' '\n", "`responses_store`"),
 ])
 def test_errors_name_the_setting(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
@@ -77,9 +78,10 @@ def test_a_keep_alive_that_is_not_finite_is_a_config_error(tmp_path):
 def test_a_tilde_in_any_path_is_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "gw.yaml").write_text("models_dirs: [~/models]\nollama_models: ~/store\n"
-                                      "models: [{name: m, path: ~/m.gguf}]\n")
+                                      "models: [{name: m, path: ~/m.gguf}]\nresponses_store: ~/r.db\n")
     settings = load_settings("~/gw.yaml", env={})
     assert settings.models_dirs == [str(tmp_path / "models")]
     assert settings.ollama_models == str(tmp_path / "store")
     assert settings.models[0]["path"] == str(tmp_path / "m.gguf")
+    assert settings.responses_store == str(tmp_path / "r.db")
     assert load_settings(env={"GATEWAY_OLLAMA_MODELS": "auto"}).ollama_models == "auto"

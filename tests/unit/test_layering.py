@@ -25,6 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     # adapters translate: the vocabulary, the shared framing and the two shared shapes, nothing else
     "adapters.*": ADAPTER,
     "adapters.ollama": ADAPTER | {"adapters.ollama_models"},
+    # the Responses API is OpenAI's too: one error table and one list of reasoning efforts for both endpoints
+    "adapters.openai_responses": ADAPTER | {"adapters.openai", "adapters.openai_responses_render"},
+    "adapters.openai_responses_render": ADAPTER | {"adapters.openai"},
     # the engine runs in runner processes: no HTTP, no API family, no service
     "gateway.engine.*": ENGINE,
     "gateway.models.*": MODELS,
@@ -34,7 +37,9 @@ ALLOWED: dict[str, set[str]] = {
     # the service talks to backends through their interface and the pool, never to the engine's internals
     "gateway.service": {"gateway.types", "gateway.__version__", "gateway.backends.base", "gateway.backends.pool",
                         "gateway.engine.jobs", "gateway.limits", "gateway.model_changes", "gateway.models.registry",
-                        "gateway.output", "gateway.polling", "gateway.tracker"},
+                        "gateway.output", "gateway.polling", "gateway.response_store", "gateway.tracker"},
+    # stored Responses API answers: the vocabulary, and `gather` to build a streamed answer as the service does
+    "gateway.response_store": {"gateway.types", "gateway.output"},
     # the output stage and the format table are plain logic over text: family-blind and engine-blind
     "gateway.output": {"gateway.types", "gateway.chat_formats", "gateway.markers"},
     "gateway.markers": set(),
@@ -142,11 +147,12 @@ def test_no_import_circles():
 
 def test_streams_are_framed_only_by_the_routes_loop():
     """Adapters return frames; only routes.py yields frames to the client. The other generators yield events:
-    the service's, the wait loop's, a model change's and the monitor feed's."""
+    the service's, the wait loop's, a model change's, the monitor feed's and the response store's (which keeps a
+    streamed answer as its events go by)."""
     yielding = []
     for path in [*ROOT.glob("gateway/**/*.py"), *ROOT.glob("adapters/*.py")]:
         tree = ast.parse(path.read_text(), str(path))
         if any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in ast.walk(tree)):
             yielding.append(path.relative_to(ROOT).as_posix())
     assert sorted(yielding) == ["gateway/model_changes.py", "gateway/monitor.py", "gateway/polling.py",
-                                "gateway/routes.py", "gateway/service.py"]
+                                "gateway/response_store.py", "gateway/routes.py", "gateway/service.py"]

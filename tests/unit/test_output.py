@@ -52,6 +52,19 @@ def test_reasoning_opened_by_the_template(pieces):
     assert (choice.thinking, choice.text) == ("Hmm, 2+2.", "4")
 
 
+@pytest.mark.parametrize("plan, pieces, expected", [
+    (OutputPlan(reasoning=THINK), ["<think>", "Let", " me", "</think>", "\n\n", "It", " is"], 4),
+    (OutputPlan(reasoning=THINK, in_reasoning=True), ["Hmm", "</think>", "4"], 2),
+    (OutputPlan(reasoning=THINK), ["It", " is", " 4"], 0),
+    (OutputPlan(), ["<think>", "x", "</think>"], 0),
+])
+def test_reasoning_tokens_are_the_pieces_read_as_reasoning(plan, pieces, expected):
+    out = ChoiceOutput(plan, 0)
+    for piece in pieces:
+        out.feed(piece)
+    assert out.reasoning_tokens == expected
+
+
 def test_unfinished_reasoning_stays_reasoning():
     choice, _ = run(OutputPlan(reasoning=THINK), ["<think>still going", " and going"])
     assert (choice.thinking, choice.text) == ("still going and going", "")
