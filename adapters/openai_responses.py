@@ -6,7 +6,8 @@ one assistant turn, a `reasoning` item's summary that turn's `thinking`), flat f
 `text.format` a `Constraint`. What the chat body has no word for goes on `req.response` (the id this answer is
 kept under, the one it continues, whether to keep it), which the service's `Conversations` acts on, so this
 module stays pure. Unknown fields are ignored, since the SDK and agent frameworks send extras; features we do
-not have (hosted tools, `background`, `conversation`) are a 400 naming the field, never silently dropped.
+not have (hosted tools, `background`, `conversation`, stored `prompt`s) are a 400 naming the field, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def parse_create(body: Any, ctx: RequestContext) -> InternalRequest:
         messages.insert(0, Message("system", instructions))
     tools = parse_tools(body.get("tools"))
     store = get_typed(body, "store", bool, "a boolean", default=True)
+    truncation = _truncation(body)
     req = InternalRequest(
         kind="chat",
         model=model,
@@ -59,7 +61,7 @@ def parse_create(body: Any, ctx: RequestContext) -> InternalRequest:
         parallel_tool_calls=get_typed(body, "parallel_tool_calls", bool, "a boolean", default=True),
         constraint=parse_text_format(body.get("text")),
         stream=get_typed(body, "stream", bool, "a boolean", default=False),
-        truncate="drop_turns" if _truncation(body) == "auto" else "error",
+        truncate="drop_turns" if truncation == "auto" else "error",
         response=ResponseThread(f"resp_{ctx.request_id}", previous, store, instructions=bool(instructions)),
     )
     reasoning = get_typed(body, "reasoning", dict, "an object", default={})
@@ -71,7 +73,7 @@ def parse_create(body: Any, ctx: RequestContext) -> InternalRequest:
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}, "store": store,
         "temperature": req.sampling.temperature, "text": _text_echo(body.get("text")),
         "tool_choice": body.get("tool_choice") or "auto", "tools": [_tool_echo(t) for t in tools],
-        "top_logprobs": req.sampling.top_logprobs, "top_p": req.sampling.top_p, "truncation": _truncation(body),
+        "top_logprobs": req.sampling.top_logprobs, "top_p": req.sampling.top_p, "truncation": truncation,
         "user": get_typed(body, "user", str, "a string"), "metadata": parse_metadata(body.get("metadata")),
     }
     return req
@@ -93,6 +95,9 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     if body.get("conversation") is not None:
         raise invalid("`conversation` is not supported: continue a conversation with `previous_response_id`.",
                       "conversation")
+    if body.get("prompt") is not None:
+        raise invalid("`prompt` is not supported: prompt templates are stored on OpenAI's servers; send "
+                      "`instructions` and `input` instead.", "prompt")
 
 
 def _parse_sampling(body: dict[str, Any]) -> SamplingParams:
@@ -172,7 +177,7 @@ class _Turns:
                             get_typed(item, "name", str, "a string", required=True, prefix=prefix),
                             get_typed(item, "arguments", str, "a JSON string", required=True, prefix=prefix))
             last = self.messages[-1] if self.messages else None
-            if last is None or last.role != "assistant":
+            if last is None or last.role != "assistant" or self.thinking:  # reasoning between: a turn of its own
                 last = self._assistant(None)
             last.tool_calls.append(call)
         elif kind == "function_call_output":

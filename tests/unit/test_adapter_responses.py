@@ -137,11 +137,19 @@ def test_fields(extra, path, expected):
     ({"store": "yes"}, "store"),
     ({"background": True}, "background"),
     ({"conversation": "conv_1"}, "conversation"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
 ])
 def test_bad_fields_are_400s_naming_the_field(extra, param):
     with pytest.raises(GatewayError) as caught:
         parse(**extra)
     assert caught.value.kind is ErrorKind.INVALID_REQUEST and caught.value.param == param
+
+
+def test_reasoning_between_a_message_and_a_call_starts_a_turn():
+    items = [{"role": "assistant", "content": "a"}, {"type": "reasoning", "summary": [{"text": "t"}]},
+             {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]
+    assert parse(input=items).messages == [
+        Message("assistant", "a"), Message("assistant", None, tool_calls=[ToolCall("c", "f", "{}")], thinking="t")]
 
 
 def test_get_and_delete_name_the_id():

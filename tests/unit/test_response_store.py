@@ -5,8 +5,14 @@ not) and answers get and delete."""
 from __future__ import annotations
 
 import pytest
+from flask import Flask
 
+from adapters import openai_responses
+from adapters.openai_responses_render import ECHOED
+from gateway.auth import Access
 from gateway.response_store import Conversations, MemoryStore, SqliteStore, decode, encode, open_store
+from gateway.routes import register_routes
+from gateway.service import Service
 from gateway.types import (
     Choice,
     ChoiceDone,
@@ -141,3 +147,21 @@ def test_get_and_delete():
         with pytest.raises(GatewayError) as caught:
             ask(kind)
         assert caught.value.kind is ErrorKind.NOT_FOUND and caught.value.param is None
+
+
+def test_get_and_delete_over_http():
+    """The routes, the service and the store together: OpenAI's shapes, 404s included (no model needed)."""
+    conversations = Conversations(MemoryStore())
+    conversations.store.put(StoredResponse("resp_a", [], GenerationResult([Choice(0, "hi")], Usage(3, 1)), {
+        "response": {"created_at": 1, **dict.fromkeys(ECHOED)}}))
+    app = Flask("gateway")
+    register_routes(app, openai_responses.ROUTES, Service(None, None, conversations=conversations), Access([]))
+    client = app.test_client()
+    got = client.get("/v1/responses/resp_a")
+    assert got.status_code == 200 and got.json["output"][0]["content"][0]["text"] == "hi"
+    assert client.delete("/v1/responses/resp_a").json == {"id": "resp_a", "object": "response", "deleted": True}
+    for method in ("GET", "DELETE"):
+        gone = client.open("/v1/responses/resp_a", method=method)
+        assert gone.status_code == 404 and gone.json["error"] == {
+            "message": "Response with id 'resp_a' not found.", "type": "invalid_request_error", "param": None,
+            "code": "not_found"}
