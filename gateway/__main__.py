@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import runpy
 import sys
 from typing import Any
@@ -40,6 +41,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
 
+    from gateway import shutdown
     from gateway.app import create_app
 
     class GatewayServer(BaseApplication):
@@ -50,6 +52,9 @@ def serve(settings: Settings) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("threads", settings.http_threads)
             self.cfg.set("loglevel", settings.log_level)
+            self.cfg.set("graceful_timeout", math.ceil(settings.shutdown_grace + shutdown.MARGIN))
+            self.cfg.set("post_worker_init", lambda worker: shutdown.install(worker, settings.shutdown_grace))
+            self.cfg.set("worker_exit", lambda server, worker: shutdown.stop_runners(worker))
 
         def load(self):
             return create_app(settings)

@@ -87,6 +87,8 @@ SETTINGS: list[Setting] = [
     Setting("context_overflow", "truncate", str, "An Ollama chat longer than its window: 'truncate' drops the "
                                                  "oldest turns (as Ollama does), 'error' answers 400."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
+    Setting("shutdown_grace", 30.0, float, "On SIGTERM, seconds requests in flight may take to finish; what still "
+                                           "runs then ends with its family's error, and the server exits."),
     Setting("send_timeout", 60.0, float, "Seconds a write to a client that stopped reading may make no progress "
                                          "before the connection is closed and its request cancelled."),
     Setting("reasoning_field", "reasoning_content", str, "Where OpenAI-style responses put a model's reasoning: "

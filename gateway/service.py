@@ -6,6 +6,7 @@ adapter. Nothing here knows which engine serves a model.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -86,7 +87,7 @@ class Streamed:
     close: Callable[[], None]
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set: identity is what matters
 class Generation:
     """The running choices of one request; iterate for events, `close()` cancels whatever is still running
     and lets go of the model (with the request's keep_alive)."""
@@ -98,15 +99,23 @@ class Generation:
     record: Record
     started: float = field(default_factory=time.monotonic)
     progress: bool = False  # yield ProgressNotes (a client opted in)
+    failure: GatewayError | None = None  # why the server ended it (shutting down); its client gets this error
+    on_close: Callable[[Generation], None] = lambda gen: None
 
     @property
     def load_seconds(self) -> float:
         return self.lease.load_seconds
 
+    def fail(self, err: GatewayError) -> None:
+        """End it from the server's side: its choices are cancelled and its client gets `err`."""
+        self.failure = err
+        self.run.close()
+
     def close(self) -> None:
         self.run.close()
         self.lease.release(self.keep_alive)
         self.record.finish("cancelled")  # ignored if the generation already ended
+        self.on_close(self)
 
 
 class Service:
@@ -118,6 +127,8 @@ class Service:
         self.registry = registry
         self.pool = pool
         self.keepalive_seconds = keepalive_seconds
+        self._live: set[Generation] = set()  # running generations, for `shutdown`
+        self._live_lock = threading.Lock()
         self.changes = changes or ModelChanges(registry, pool, None)
 
     def run(self, req: InternalRequest, call: Call) -> Result | Streamed:
@@ -230,10 +241,25 @@ class Service:
         except BaseException:
             lease.release(req.keep_alive)
             raise
-        gen = Generation(run, lease, req.keep_alive, req.echo, record)
+        gen = Generation(run, lease, req.keep_alive, req.echo, record, on_close=self._forget)
+        with self._live_lock:
+            self._live.add(gen)
         record.queued(run.queue_position)
         record.on_cancel(gen.close)
         return gen
+
+    def _forget(self, gen: Generation) -> None:
+        with self._live_lock:
+            self._live.discard(gen)
+
+    def shutdown(self, err: GatewayError) -> int:
+        """End every running generation with `err` (streams get their family's error frame): what is still
+        running when the shutdown grace period is over. Returns how many were ended."""
+        with self._live_lock:
+            live = list(self._live)
+        for gen in live:
+            gen.fail(err)
+        return len(live)
 
     def events(self, gen: Generation, client_gone: ClientGone | None = None
                ) -> Iterator[OutputEvent | KeepAlive | ProgressNote]:
@@ -276,6 +302,8 @@ class Service:
                     yield TextDelta(index, by_index[index].prompt_text)
             elif isinstance(event, Finished):
                 running -= 1
+                if event.reason == "cancelled" and gen.failure is not None:
+                    event.error = gen.failure
                 if event.error is not None:
                     record.finish("failed", error=event.error.message)
                     gen.close()

@@ -60,7 +60,8 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.config": {"gateway.types", "yaml"},
     "gateway.app": {"adapters.*", "gateway.*", "flask"},
     "gateway.__main__": {"gateway.app", "gateway.config", "gateway.engine.cpu", "gateway.engine.llama",
-                         "gateway.models.registry", "gunicorn"},
+                         "gateway.models.registry", "gateway.shutdown", "gunicorn"},
+    "gateway.shutdown": {"gateway.types"},
     "gateway": set(),
     "adapters": set(),
 }
