@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
+import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 
@@ -121,3 +122,30 @@ def test_a_sqlite_store_survives_a_restart(tmp_path: Path) -> None:
         r = server.client().responses.create(input="Say hi.", **{**GREEDY, "max_output_tokens": 5})
     with GatewayServer(tmp_path / "second", config) as server:
         assert server.client().responses.retrieve(r.id).output_text == r.output_text
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": 3}, "input"),
+    ({"metadata": {"k": 1}}, "metadata.k"),
+    ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+])
+def test_bad_fields_are_400s_in_openais_shape(server: GatewayServer, extra: dict[str, Any], param: str) -> None:
+    r = requests.post(server.url + "/v1/responses", json={"model": MODEL, "input": "hi", **extra}, timeout=30)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_the_stream_on_the_wire(server: GatewayServer) -> None:
+    """Named events whose name is their `type`, numbered from 0, ending with the lifecycle event, no `[DONE]`."""
+    r = requests.post(server.url + "/v1/responses", json={"model": MODEL, "input": "Tell me a story.", "stream": True,
+                                                         "max_output_tokens": 4}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("\n\n") and "[DONE]" not in r.text
+    events = []
+    for block in r.text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    assert all(name == payload["type"] for name, payload in events)
+    assert [payload["sequence_number"] for _, payload in events] == list(range(len(events)))
+    assert events[-1][0] == "response.incomplete" and events[-1][1]["response"]["usage"]["output_tokens"] == 4
