@@ -108,28 +108,25 @@ class Kind:
 
 # -- transports: each returns an outcome, a status code as text or "closed" / "held" / "timeout" / "error:..." --
 
-def send_whole(port: int, req: Request) -> str:
-    """Send the request, read the whole answer (a stream to its end)."""
+def _send(port: int, req: Request, whole: bool) -> str:
     conn = http.client.HTTPConnection(HOST, port, timeout=req.timeout)
     try:
         conn.request(req.method, req.path, body=req.encoded(), headers=dict(req.headers))
         resp = conn.getresponse()
-        resp.read()
+        resp.read() if whole else resp.readline()
         return str(resp.status)
     finally:
         conn.close()
+
+
+def send_whole(port: int, req: Request) -> str:
+    """Send the request, read the whole answer (a stream to its end)."""
+    return _send(port, req, whole=True)
 
 
 def send_hang_up(port: int, req: Request) -> str:
     """Send a streaming request, read the status and one line of the body, then close the connection."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=req.timeout)
-    try:
-        conn.request(req.method, req.path, body=req.encoded(), headers=dict(req.headers))
-        resp = conn.getresponse()
-        resp.readline()
-        return str(resp.status)
-    finally:
-        conn.close()
+    return _send(port, req, whole=False)
 
 
 def raw_request(req: Request, content_length: int | None = None) -> bytes:
