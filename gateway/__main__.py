@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.config import ConfigError, Settings, describe, load_settings
 from gateway.engine.cpu import cpu_features
+from gateway.request_log import JsonFormatter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if args.command in ("check", "models"):
         from gateway.models.registry import ModelRegistry
 

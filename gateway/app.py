@@ -24,6 +24,7 @@ from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
 from gateway.models.registry import ModelRegistry
 from gateway.monitor import register_monitor
+from gateway.request_log import log_request
 from gateway.response_store import Conversations, open_store
 from gateway.routes import (
     LongRequests,
@@ -68,7 +69,7 @@ def build_gateway(settings: Settings) -> Gateway:
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,
                            settings.registry_private_networks, settings.registry_hosts)
-    tracker = Tracker(settings.request_history)
+    tracker = Tracker(settings.request_history, on_finished=log_request)
     metrics = Metrics(tracker) if settings.metrics else None
     service = Service(registry, pool, settings.keepalive_seconds, changes, tracker,
                       Conversations(open_store(settings.responses_store)))

@@ -37,6 +37,8 @@ SETTINGS: list[Setting] = [
     Setting("host", "127.0.0.1", str, "Address to listen on."),
     Setting("port", 11435, int, "Port to listen on."),
     Setting("log_level", "info", str, "Logging level: debug, info, warning, error."),
+    Setting("log_format", "plain", str, "Log lines as plain text, or 'json': one object per line (a finished "
+                                        "request's line carries its fields)."),
     Setting("http_threads", 64, int, "HTTP worker threads (each open stream holds one)."),
     Setting("max_body_bytes", 16 * 1024 * 1024, int, "Largest request body accepted (413 above)."),
     Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key)."),
@@ -201,6 +203,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"`parallel` must be at most 256, got {settings.parallel}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"`log_level` must be debug, info, warning or error, got {settings.log_level!r}")
+    if settings.log_format not in ("plain", "json"):
+        raise ConfigError(f"`log_format` must be plain or json, got {settings.log_format!r}")
     if settings.context_overflow not in ("truncate", "error"):
         raise ConfigError(f"`context_overflow` must be truncate or error, got {settings.context_overflow!r}")
     if settings.reasoning_field not in ("reasoning_content", "reasoning", "both"):

@@ -162,6 +162,8 @@ class Record:
         self._tracker.publish_change(self)
         if self._tracker.listener is not None:
             self._tracker.listener.finished(self)
+        if self._tracker.on_finished is not None:
+            self._tracker.on_finished(self)
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """How to stop this request; called at once if a cancel was asked for before it was set."""
@@ -281,9 +283,10 @@ class Subscription:
 
 
 class Tracker:
-    def __init__(self, history: int = 1000):
+    def __init__(self, history: int = 1000, on_finished: Callable[[Record], None] | None = None):
         self.lock = threading.Lock()
         self.listener: Listener | None = None
+        self.on_finished = on_finished  # e.g. the request log's one line per request
         self.throughput = Throughput()
         self._history_size = max(history, 0)
         self._active: dict[str, Record] = {}
