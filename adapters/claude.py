@@ -104,6 +104,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.NOT_FOUND: (404, "not_found_error"),
     ErrorKind.TOO_LARGE: (413, "request_too_large"),
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.UNAVAILABLE: (529, "overloaded_error"),
     ErrorKind.INTERNAL: (500, "api_error"),
 }

@@ -99,6 +99,7 @@ STATUSES: dict[ErrorKind, int] = {
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.OVERLOADED: 503,  # Ollama: "server busy, please try again.  maximum pending requests exceeded"
+    ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UNAVAILABLE: 500,
     ErrorKind.INTERNAL: 500,
 }

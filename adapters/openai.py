@@ -86,6 +86,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.FORBIDDEN: (403, "permission_error"),
     ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.UNAVAILABLE: (503, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
 }

@@ -60,6 +60,7 @@ ERRORS: dict[ErrorKind, tuple[int, str, str]] = {
     ErrorKind.FORBIDDEN: (403, "forbidden", ""),
     ErrorKind.TOO_LARGE: (413, "validation", "Input validation error: "),
     ErrorKind.OVERLOADED: (429, "overloaded", ""),
+    ErrorKind.RATE_LIMITED: (429, "overloaded", ""),
     ErrorKind.UNAVAILABLE: (503, "unavailable", ""),
     ErrorKind.INTERNAL: (424, "generation", "Request failed during generation: "),
 }

@@ -55,6 +55,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.FORBIDDEN: (403, "Forbidden"),
     ErrorKind.TOO_LARGE: (413, "Request Entity Too Large"),
     ErrorKind.OVERLOADED: (429, "Too Many Requests"),
+    ErrorKind.RATE_LIMITED: (429, "Too Many Requests"),
     ErrorKind.UNAVAILABLE: (503, "Service Unavailable"),
     ErrorKind.INTERNAL: (500, "InternalServerError"),
 }

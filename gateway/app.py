@@ -15,10 +15,11 @@ from gateway.auth import Access
 from gateway.backends.local import LocalBackend, estimate_bytes, vram_bytes
 from gateway.backends.pool import ModelPool, PoolSettings
 from gateway.browser_guard import BrowserGuard
-from gateway.config import Settings, load_settings, memory_budget_bytes
+from gateway.config import Settings, key_policies, load_settings, memory_budget_bytes
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.llama import LoadParams
+from gateway.keys import KeyLimits
 from gateway.metrics import Metrics
 from gateway.model_changes import ModelChanges
 from gateway.models.ollama_store import default_store_root
@@ -50,6 +51,7 @@ class Gateway:
     service: Service
     tracker: Tracker
     metrics: Metrics | None
+    key_limits: KeyLimits
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -69,11 +71,18 @@ def build_gateway(settings: Settings) -> Gateway:
         pool_settings, load_fn=start_backend, estimate_fn=estimate_bytes, vram_fn=vram_bytes)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,
                            settings.registry_private_networks, settings.registry_hosts)
-    tracker = Tracker(settings.request_history, on_finished=log_request)
+    key_limits = KeyLimits()
+
+    def finished(record) -> None:  # one log line, and the tokens a key used count against its limits
+        log_request(record)
+        if record.key is not None:
+            key_limits.add_tokens(record.key, (record.prompt_tokens or 0) + record.tokens_generated)
+
+    tracker = Tracker(settings.request_history, on_finished=finished)
     metrics = Metrics(tracker) if settings.metrics else None
     service = Service(registry, pool, settings.keepalive_seconds, changes, tracker,
                       Conversations(open_store(settings.responses_store)))
-    return Gateway(settings, registry, pool, service, tracker, metrics)
+    return Gateway(settings, registry, pool, service, tracker, metrics, key_limits)
 
 
 def store_root(settings: Settings) -> str | None:
@@ -96,9 +105,11 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     app = Flask("gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["gateway"] = gateway
-    access = Access(settings.api_keys, BrowserGuard(settings.host, settings.allowed_hosts, settings.allowed_origins))
+    access = Access(key_policies(settings), BrowserGuard(settings.host, settings.allowed_hosts,
+                                                         settings.allowed_origins))
     long_requests = LongRequests(settings.http_threads)
-    register_routes(app, ROUTES, gateway.service, access, RouteOptions(settings.reasoning_field, long_requests))
+    register_routes(app, ROUTES, gateway.service, access,
+                    RouteOptions(settings.reasoning_field, long_requests, gateway.key_limits))
     register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings, long_requests)
     register_fallbacks(app, openai.ROUTES[0])
     register_send_timeout(app, settings.send_timeout)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from gateway.keys import KeyPolicy, parse_keys
 from gateway.types import parse_duration
 
 
@@ -41,7 +42,12 @@ SETTINGS: list[Setting] = [
                                         "request's line carries its fields)."),
     Setting("http_threads", 64, int, "HTTP worker threads (each open stream holds one)."),
     Setting("max_body_bytes", 16 * 1024 * 1024, int, "Largest request body accepted (413 above)."),
-    Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key)."),
+    Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key). A "
+                                  "key is a string, or {key, name, max_concurrent, requests_per_minute, "
+                                  "tokens_per_minute, models} for a key with limits (429 with Retry-After past "
+                                  "them) and the models it may use."),
+    Setting("api_keys_file", "", str, "A YAML file with more keys, a list in the form of `api_keys` (read at "
+                                      "start; keeps keys out of the main config)."),
     Setting("allowed_origins", [], list, "Web page origins (besides this server's own and loopback ones) that may "
                                          "call the API from a browser, e.g. https://app.example.com; globs "
                                          "allowed, '*' for any. Other origins get 403."),
@@ -215,8 +221,24 @@ def _validate(settings: Settings) -> None:
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
     memory_budget_bytes(settings)
-    if any(not isinstance(key, str) or not key.strip() for key in settings.api_keys):
-        raise ConfigError("`api_keys` holds an empty key: an empty key would let every request in")
+    key_policies(settings)
+
+
+def key_policies(settings: Settings) -> list[KeyPolicy]:
+    """The keys of `api_keys` and `api_keys_file`, validated (gateway/keys.py)."""
+    entries, where = list(settings.api_keys), "api_keys"
+    try:
+        policies = parse_keys(entries, where)
+        if settings.api_keys_file:
+            where = settings.api_keys_file
+            with open(os.path.expanduser(settings.api_keys_file)) as f:
+                extra = yaml.safe_load(f) or []
+            if not isinstance(extra, list):
+                raise ValueError(f"{where}: expected a list of keys")
+            policies = parse_keys([*entries, *extra], f"api_keys + {where}")
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"cannot read {where}: {exc}") from None
+    return policies
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,

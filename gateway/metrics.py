@@ -75,6 +75,10 @@ class Metrics:
                                      "(prefix cache hits).", ["api", "model"], registry=r)
         self.generated_tokens = Counter("llm_gateway_generated_tokens", "Generated tokens.", ["api", "model"],
                                         registry=r)
+        self.key_requests = Counter("llm_gateway_key_requests", "Finished requests by API key name (never the "
+                                    "key) and final status.", ["key", "status"], registry=r)
+        self.key_tokens = Counter("llm_gateway_key_tokens", "Prompt and generated tokens by API key name.",
+                                  ["key", "kind"], registry=r)
         self._lock = threading.Lock()
         self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
         tracker.listen(self)
@@ -109,6 +113,10 @@ class Metrics:
     def finished(self, record: Record) -> None:
         model = model_label(record)
         self.requests.labels(record.api, record.endpoint, model, record.status).inc()
+        if record.key is not None:
+            self.key_requests.labels(record.key, record.status).inc()
+            self.key_tokens.labels(record.key, "prompt").inc(record.prompt_tokens or 0)
+            self.key_tokens.labels(record.key, "generated").inc(record.tokens_generated)
         if record.started_at is not None and record.finished_at is not None:
             self.e2e.labels(model).observe(record.finished_at - record.opened)
 

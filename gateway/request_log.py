@@ -18,7 +18,7 @@ def request_fields(record: Any) -> dict[str, Any]:
         return None if start is None or end is None else round((end - start) * 1000)
 
     return {
-        "id": record.id, "api": record.api, "endpoint": record.endpoint, "model": record.model,
+        "id": record.id, "api": record.api, "endpoint": record.endpoint, "model": record.model, "key": record.key,
         "status": record.status, "finish_reason": record.finish_reason, "prompt_tokens": record.prompt_tokens,
         "cached_tokens": record.cached_tokens, "completion_tokens": record.tokens_generated,
         "queued_ms": ms(record.opened, record.started_at), "ttft_ms": ms(record.opened, record.first_token_at),

@@ -25,6 +25,7 @@ from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
 from gateway.auth import Access
 from gateway.json_body import parse_body
+from gateway.keys import KeyLimits, KeyPolicy
 from gateway.polling import KEEPALIVE
 from gateway.service import CHANGE_KINDS, Call, ProgressNote, Service, Streamed
 from gateway.types import ErrorKind, GatewayError, invalid
@@ -67,6 +68,7 @@ class _Held:
 class RouteOptions:
     reasoning_field: str = "reasoning_content"  # where OpenAI-style responses put reasoning (RequestContext)
     long_requests: LongRequests = field(default_factory=lambda: LongRequests(64))
+    key_limits: KeyLimits = field(default_factory=KeyLimits)  # per-key limits (gateway/keys.py)
 
 
 HOLDING_KINDS = ("chat", "completion", "embedding", *CHANGE_KINDS)
@@ -105,10 +107,10 @@ def handle(group: list[Route], service: Service, access: Access, path_params: di
         reasoning_field=options.reasoning_field)
     route = group[-1]
     try:
-        access.check(ctx.headers, public=all(r.public for r in group), has_body=route.body != "none")
+        policy = access.check(ctx.headers, public=all(r.public for r in group), has_body=route.body != "none")
         body = _read_body(route)
         route = next(r for r in group if r.accepts is None or r.accepts(body, ctx))
-        response = _serve(route, body, service, ctx, options.long_requests)
+        response = _serve(route, body, service, ctx, options, policy)
     except GatewayError as err:
         response = error_response(route, err)
     except Exception:
@@ -121,11 +123,23 @@ def handle(group: list[Route], service: Service, access: Access, path_params: di
     return response
 
 
-def _serve(route: Route, body: Any, service: Service, ctx: RequestContext, long_requests: LongRequests) -> Response:
+def _serve(route: Route, body: Any, service: Service, ctx: RequestContext, options: RouteOptions,
+           policy: KeyPolicy | None) -> Response:
     req = route.parse(body, ctx)
-    give_back = long_requests.take() if req.kind in HOLDING_KINDS else _nothing
+    counted = req.kind in HOLDING_KINDS
+    key_release = options.key_limits.admit(policy, req.model) if counted else _nothing
     try:
-        return _run(route, req, service, ctx, give_back)
+        thread_release = options.long_requests.take() if counted else _nothing
+    except BaseException:
+        key_release()
+        raise
+
+    def give_back() -> None:
+        thread_release()
+        key_release()
+
+    try:
+        return _run(route, req, service, ctx, give_back, policy)
     except BaseException:
         give_back()
         raise
@@ -135,11 +149,12 @@ def _nothing() -> None:
     return None
 
 
-def _run(route: Route, req: Any, service: Service, ctx: RequestContext, give_back: Callable[[], None]) -> Response:
+def _run(route: Route, req: Any, service: Service, ctx: RequestContext, give_back: Callable[[], None],
+         policy: KeyPolicy | None) -> Response:
     # Opt-in progress inside the client's own stream, only where extra frames break no client: SSE comments.
     progress = route.media_type == "text/event-stream" and ctx.headers.get(PROGRESS_HEADER) in ("1", "true")
     call = Call(ctx.request_id, route.family, route.path, client_gone_probe(), can_stream=route.stream is not None,
-                progress=progress)
+                progress=progress, key=policy.name if policy else None)
     outcome = service.run(req, call)
     if isinstance(outcome, Streamed):
         def close() -> None:
@@ -256,6 +271,8 @@ def error_response(route: Route, err: GatewayError) -> Response:
     response = _json(body, status)
     if err.kind == ErrorKind.INTERNAL:
         response.headers["x-should-retry"] = "false"
+    if "retry_after" in err.details:
+        response.headers["Retry-After"] = str(err.details["retry_after"])
     return response
 
 

@@ -76,6 +76,7 @@ class Call:
     client_gone: ClientGone
     can_stream: bool = False
     progress: bool = False
+    key: str | None = None  # the name of the API key it came with (never the key itself)
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Service:
             change = ChangeRun(self.changes, req.change, call.client_gone)
             return Streamed(change, change.close) if streaming else change.last()
         self.conversations.expand(req)
-        record = self.tracker.open(call.request_id, call.family, call.endpoint, req.model, req.stream)
+        record = self.tracker.open(call.request_id, call.family, call.endpoint, req.model, req.stream, call.key)
         try:
             if req.kind == "embedding":
                 return self.embed(req, record)

@@ -63,6 +63,7 @@ class Record:
         self.model = model
         self.model_resolved = False  # until set_model, `model` is whatever the client sent (not a metric label)
         self.stream = stream
+        self.key: str | None = None  # the name of the API key the request came with
         self.status = "queued"
         self.phase = "queued"
         self._position: Callable[[], int] | None = None
@@ -293,10 +294,12 @@ class Tracker:
         self._history: collections.OrderedDict[str, Record] = collections.OrderedDict()
         self._subscribers: list[Subscription] = []
 
-    def open(self, request_id: str, api: str, endpoint: str, model: str, stream: bool) -> Record:
+    def open(self, request_id: str, api: str, endpoint: str, model: str, stream: bool,
+             key: str | None = None) -> Record:
         """A new record, status queued. `endpoint` should be the route's path pattern and `model` the name as
-        sent; `set_model` later replaces it with the resolved name."""
+        sent; `set_model` later replaces it with the resolved name. `key` names the caller's API key."""
         record = Record(self, request_id, api, endpoint, model[:MAX_MODEL_NAME], stream)
+        record.key = key
         with self.lock:
             self._active[request_id] = record
         self.publish_change(record)

@@ -23,6 +23,7 @@ class ErrorKind(str, Enum):
     FORBIDDEN = "forbidden"  # a web page or Host this server does not serve, or a change turned off
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"  # an API key over its limits: retry after `details["retry_after"]` seconds
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
