@@ -85,22 +85,29 @@ class LoadParams:
     extra: dict = field(default_factory=dict)
 
 
+def model_params(params: LoadParams):
+    """llama.cpp's model parameters for `params`, and the tensor split array they point to (None without one)."""
+    mp = llama_cpp.llama_model_default_params()
+    mp.n_gpu_layers = params.n_gpu_layers
+    mp.split_mode = SPLIT_MODES[params.split_mode]
+    mp.main_gpu = params.main_gpu
+    mp.use_extra_bufts = params.repack
+    mp.vocab_only = params.vocab_only
+    split = None
+    if params.tensor_split:
+        n_dev = llama_cpp.llama_max_devices()
+        values = list(params.tensor_split)[:n_dev] + [0.0] * max(0, n_dev - len(params.tensor_split))
+        split = (ctypes.c_float * n_dev)(*values)  # llama.cpp copies it at load
+        mp.tensor_split = split
+    return mp, split
+
+
 class LlamaModel:
     """A GGUF model's weights and vocabulary."""
 
     def __init__(self, path: str, params: LoadParams):
         init_backend()
-        mp = llama_cpp.llama_model_default_params()
-        mp.n_gpu_layers = params.n_gpu_layers
-        mp.split_mode = SPLIT_MODES[params.split_mode]
-        mp.main_gpu = params.main_gpu
-        mp.use_extra_bufts = params.repack
-        mp.vocab_only = params.vocab_only
-        if params.tensor_split:
-            n_dev = llama_cpp.llama_max_devices()
-            values = list(params.tensor_split)[:n_dev] + [0.0] * max(0, n_dev - len(params.tensor_split))
-            self._tensor_split = (ctypes.c_float * n_dev)(*values)  # llama.cpp copies it at load
-            mp.tensor_split = self._tensor_split
+        mp, self._tensor_split = model_params(params)  # the split array must outlive the load call
         self.ptr = llama_cpp.llama_model_load_from_file(path.encode(), mp)
         if not self.ptr:
             raise RuntimeError(f"llama.cpp could not load the model file {path}")

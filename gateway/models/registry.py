@@ -59,6 +59,8 @@ class ModelSpec:
     embedded: bool = False
 
 
+MAX_DEVICES = 16  # llama.cpp's LLAMA_MAX_DEVICES: the most GPUs a tensor_split can name
+
 # key → (accepted types, may be None); bool is excluded from int explicitly in _check_type.
 _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, False),
@@ -379,6 +381,10 @@ def _check_values(where: str, spec: ModelSpec) -> None:
         raise ValueError(f"{where}.path: {exc}") from exc
     if spec.split_mode not in SPLIT_MODES:
         raise ValueError(f"{where}.split_mode: {spec.split_mode!r} is not one of {', '.join(SPLIT_MODES)}")
+    split = spec.tensor_split
+    if split is not None and (any(x < 0 for x in split) or not sum(split) > 0 or len(split) > MAX_DEVICES):
+        raise ValueError(f"{where}.tensor_split: expected at most {MAX_DEVICES} shares, none negative, with a "
+                         f"positive sum (one per GPU, e.g. [3, 1]), got {split}")
     if spec.tool_choice not in ("auto", "required"):
         raise ValueError(f"{where}.tool_choice: {spec.tool_choice!r} is not auto or required")
     if spec.chat_format is not None and spec.chat_format not in FORMATS:
