@@ -470,7 +470,7 @@ def _model_entry(name: str, info: ModelInfo) -> dict[str, Any]:
 
 
 def render_health(result: HealthResult, req: InternalRequest, ctx: RequestContext) -> dict[str, Any]:
-    return {"status": result.status, "models_loaded": list(result.models_loaded)}
+    return {"status": result.status, "models_loaded": list(result.models_loaded), "gpu_offload": result.gpu_offload}
 
 
 def render_error(err: GatewayError) -> tuple[int, dict[str, Any]]:

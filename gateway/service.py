@@ -181,7 +181,7 @@ class Service:
         if kind in ("get_response", "delete_response"):
             return self.conversations.answer(req)
         if kind == "health":
-            return HealthResult("ok", sorted(self.pool.loaded()))
+            return HealthResult("ok", sorted(self.pool.loaded()), self.pool.gpu_offload())
         if kind == "version":
             return VersionResult(__version__)
         if kind == "list_models":

@@ -433,6 +433,7 @@ class RunningList:
 class HealthResult:
     status: str
     models_loaded: list[str]
+    gpu_offload: bool = False  # this build of llama.cpp can put layers on a GPU
 
 
 @dataclass

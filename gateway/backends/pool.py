@@ -246,6 +246,10 @@ class ModelPool:
                         "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note})
         return out
 
+    def gpu_offload(self) -> bool:
+        """Whether the engine can offload layers to a GPU at all (a CPU-only build cannot)."""
+        return supports_gpu_offload()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

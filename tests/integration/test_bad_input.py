@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from gateway.engine.llama import supports_gpu_offload
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 
 pytestmark = pytest.mark.integration
@@ -160,7 +161,7 @@ def test_body_over_the_limit_is_413(server: GatewayServer) -> None:
 def test_still_healthy_after_all_that(server: GatewayServer) -> None:
     r = requests.get(server.url + "/health", timeout=10)
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "models_loaded": [MODEL]}
+    assert r.json() == {"status": "ok", "models_loaded": [MODEL], "gpu_offload": supports_gpu_offload()}
     ok = post_raw(server, CHAT, json.dumps({"model": MODEL, "messages": USER, "max_tokens": 2, "temperature": 0}))
     assert ok.status_code == 200, ok.text
 

@@ -401,8 +401,8 @@ def test_render_model_and_health() -> None:
     req = InternalRequest(kind="show_model", model="x")
     assert oa.render_model(ModelInfo("a", 5, aliases=["x"]), req, CTX) == {
         "id": "x", "object": "model", "created": 5, "owned_by": "llm-gateway", "max_model_len": 0}
-    health = oa.render_health(HealthResult("ok", ["a"]), InternalRequest(kind="health"), CTX)
-    assert health == {"status": "ok", "models_loaded": ["a"]}
+    health = oa.render_health(HealthResult("ok", ["a"], gpu_offload=True), InternalRequest(kind="health"), CTX)
+    assert health == {"status": "ok", "models_loaded": ["a"], "gpu_offload": True}
 
 
 @pytest.mark.parametrize("kind, code, status, wire_type, wire_code", [
