@@ -250,6 +250,11 @@ def _parse_tool(tool: dict[str, Any], prefix: str) -> Tool:
     )
 
 
+def tool_use_id(call_id: str) -> str:
+    """Claude's ids read `toolu_…`; the client sends it back in `tool_result`, so any stable form works."""
+    return call_id if call_id.startswith("toolu_") else "toolu_" + call_id.removeprefix("call_")
+
+
 def parse_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
     """auto, any → required, none, or `tool` → that tool's name, which must be one of the custom `tools`."""
     if value is None:
@@ -585,7 +590,7 @@ def render_message(result: GenerationResult, req: InternalRequest, ctx: RequestC
         content.append({"type": "thinking", "thinking": choice.thinking, "signature": THINKING_SIGNATURE})
     if choice.text or not (choice.thinking or choice.tool_calls):
         content.append({"type": "text", "text": choice.text})
-    content += [{"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call.arguments)}
+    content += [{"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": tool_input(call.arguments)}
                 for call in choice.tool_calls]
     reason, sequence = stop_reason(choice.finish_reason, choice.stop_sequence, bool(choice.tool_calls),
                                    result.usage.completion_tokens, req.sampling.max_tokens)
@@ -709,7 +714,7 @@ class MessagesStream(BaseStream):
 
     def _tool(self, event: ToolCallDelta) -> list[Frame]:
         self.used_tools = True
-        opener = {"type": "tool_use", "id": event.id or "", "name": event.name or "", "input": {}}
+        opener = {"type": "tool_use", "id": tool_use_id(event.id or ""), "name": event.name or "", "input": {}}
         delta = {"type": "input_json_delta", "partial_json": event.arguments} if event.arguments else None
         return self._write(("tool_use", event.call_index), opener, delta)
 

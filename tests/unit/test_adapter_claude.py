@@ -734,3 +734,8 @@ def test_routes() -> None:
     assert table["POST", "/v1/messages/count_tokens"].stream is None
     assert {r.path for r in cl.ROUTES if r.body == "none"} == {"/v1/models", "/v1/models/<path:model>"}
     assert {r.path for r in cl.ROUTES if r.accepts is cl.is_anthropic} == {"/v1/models", "/v1/models/<path:model>"}
+
+
+def test_tool_use_ids_read_like_claudes() -> None:
+    assert cl.tool_use_id("call_abc123") == "toolu_abc123"
+    assert cl.tool_use_id("toolu_01xyz") == "toolu_01xyz"  # ids the client sent back stay as they are
