@@ -26,14 +26,21 @@ from adapters.base import (
     sse,
     type_name,
 )
-from adapters.openai_shapes import parse_messages, parse_response_format, parse_tool_choice, parse_tools
+from adapters.openai_shapes import (
+    apply_reasoning_effort,
+    parse_messages,
+    parse_response_format,
+    parse_tool_choice,
+    parse_tools,
+    render_chat_logprobs,
+    render_error,
+)
 from adapters.vllm_extras import apply_extras
 from gateway.types import (
     Choice,
     ChoiceDone,
     Done,
     EmbeddingResult,
-    ErrorKind,
     FinishReason,
     GatewayError,
     GenerationResult,
@@ -58,7 +65,6 @@ OWNED_BY = "llm-gateway"
 DONE_FRAME: Frame = sse("[DONE]")
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 MAX_STOP = 4
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 # key, low, high, integer: the sampling numbers shared by chat and completions. top_k .. repeat_penalty are the
 # llama.cpp/vLLM extras that OpenAI-compatible clients send to local servers.
@@ -78,22 +84,6 @@ FINISH_REASONS: dict[str, str] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "cancelled": "stop", "error": "stop",
 }
 
-ERRORS: dict[ErrorKind, tuple[int, str]] = {
-    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error"),
-    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
-    ErrorKind.CONTEXT_OVERFLOW: (400, "invalid_request_error"),
-    ErrorKind.UNAUTHORIZED: (401, "authentication_error"),
-    ErrorKind.FORBIDDEN: (403, "permission_error"),
-    ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
-    ErrorKind.OVERLOADED: (429, "rate_limit_error"),
-    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
-    ErrorKind.UNAVAILABLE: (503, "server_error"),
-    ErrorKind.INTERNAL: (500, "server_error"),
-}
-DEFAULT_CODES: dict[ErrorKind, str] = {
-    ErrorKind.NOT_FOUND: "model_not_found",
-    ErrorKind.CONTEXT_OVERFLOW: "context_length_exceeded",
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,20 +114,6 @@ def parse_chat(body: Any, ctx: RequestContext) -> InternalRequest:
 
 def _parse_reasoning_effort(body: dict[str, Any], req: InternalRequest) -> None:
     apply_reasoning_effort(get_typed(body, "reasoning_effort", str, "a string"), "reasoning_effort", req)
-
-
-def apply_reasoning_effort(effort: str | None, param: str, req: InternalRequest) -> None:
-    """`none` turns reasoning off; a level turns it on and reaches the template as `reasoning_effort` (as
-    gpt-oss templates read it). Models that cannot reason ignore it, as OpenAI's non-reasoning models do.
-    Chat reads it from `reasoning_effort`, the Responses API from `reasoning.effort`."""
-    if effort is None:
-        return
-    if effort not in REASONING_EFFORTS:
-        raise invalid(f"Invalid value for `{param}`: expected one of {', '.join(map(repr, REASONING_EFFORTS))}"
-                      f", got {effort!r}.", param)
-    req.think = effort != "none"
-    if req.think:
-        req.template_kwargs.setdefault("reasoning_effort", effort)
 
 
 def parse_completion(body: Any, ctx: RequestContext) -> InternalRequest:
@@ -321,21 +297,6 @@ def render_usage(usage: Usage) -> dict[str, Any]:
     }
 
 
-def render_chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
-    if logprobs is None:
-        return None
-    return {"content": [_chat_token(lp) for lp in logprobs], "refusal": None}
-
-
-def _chat_token(lp: TokenLogprob) -> dict[str, Any]:
-    return {
-        "token": lp.token,
-        "logprob": lp.logprob,
-        "bytes": lp.bytes,
-        "top_logprobs": [{"token": tok, "logprob": val, "bytes": raw} for tok, val, raw, _ in lp.top],
-    }
-
-
 def render_completion_logprobs(logprobs: list[TokenLogprob], offset: int) -> tuple[dict[str, Any], int]:
     """Returns the legacy logprobs object and the offset just past its last token, so streams can continue it."""
     offsets = []
@@ -473,24 +434,6 @@ def render_health(result: HealthResult, req: InternalRequest, ctx: RequestContex
     return {"status": result.status, "models_loaded": list(result.models_loaded), "gpu_offload": result.gpu_offload}
 
 
-def render_error(err: GatewayError) -> tuple[int, dict[str, Any]]:
-    status, kind = ERRORS.get(err.kind, (500, "server_error"))
-    code = err.code or DEFAULT_CODES.get(err.kind)
-    message = overflow_message(err) if err.kind is ErrorKind.CONTEXT_OVERFLOW else err.message
-    return status, {"error": {"message": message, "type": kind, "param": err.param, "code": code}}
-
-
-def overflow_message(err: GatewayError) -> str:
-    """OpenAI's wording for a prompt (and max_tokens) over the context, from the error's facts."""
-    limit, prompt, output = (err.details.get(k) for k in ("limit", "prompt_tokens", "max_tokens"))
-    if limit is None or prompt is None:
-        return err.message
-    if output is None:
-        return (f"This model's maximum context length is {limit} tokens. However, your prompt has {prompt} "
-                "tokens. Please reduce the length of the prompt.")
-    return (f"This model's maximum context length is {limit} tokens. However, you requested {prompt + output} "
-            f"tokens ({prompt} in the prompt, {output} for the completion). Please reduce the length of the "
-            "prompt or the maximum number of tokens.")
 
 
 # ---------------------------------------------------------------------------------------------------------------

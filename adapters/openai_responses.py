@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import RequestContext, Route, expect_object, get_number, get_typed, type_name
-from adapters.openai import FAMILY, apply_reasoning_effort, render_error
 from adapters.openai_responses_render import ResponsesStream, render_create, render_deleted, render_stored
-from adapters.openai_shapes import function_tool, named_tool
+from adapters.openai_shapes import apply_reasoning_effort, function_tool, named_tool, render_error
 from gateway.types import (
     Constraint,
     ImagePart,
@@ -31,6 +30,7 @@ from gateway.types import (
     invalid,
 )
 
+FAMILY = "openai"  # the Responses API is OpenAI's: requests are recorded and counted under that family
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 TOOL_CHOICES = ("auto", "none", "required")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import BaseStream, Frame, RequestContext, sse
-from adapters.openai import render_chat_logprobs, render_error
+from adapters.openai_shapes import render_chat_logprobs, render_error
 from gateway.types import (
     Choice,
     ChoiceDone,

@@ -1,5 +1,6 @@
 """OpenAI's wire shapes for the parts of a chat body: messages (with content parts and images), tool calls,
-tools, tool_choice and response_format.
+tools, tool_choice and response_format; and what OpenAI's two chat endpoints (chat completions and Responses)
+share: the error body, reasoning effort and token logprobs.
 
 They live apart from the OpenAI adapter because other families take the same shapes: vLLM's chat-form /tokenize
 reads OpenAI messages and tools, and Ollama's messages carry OpenAI-shaped tool calls and tools. Each family
@@ -12,7 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import compact_json, get_typed, type_name
-from gateway.types import Constraint, ImagePart, Message, Tool, ToolCall, ToolChoice, invalid
+from gateway.types import (
+    Constraint,
+    ErrorKind,
+    GatewayError,
+    ImagePart,
+    InternalRequest,
+    Message,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    invalid,
+)
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 TOOL_CHOICES = ("none", "auto", "required")
@@ -187,3 +200,76 @@ def _parse_json_schema(value: dict[str, Any]) -> Constraint:
     if schema is None:
         return Constraint("json", param="response_format")
     return Constraint("json_schema", schema, "response_format.json_schema.schema")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the chat completions and Responses endpoints share: OpenAI's error body, reasoning effort, token logprobs
+
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+ERRORS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.CONTEXT_OVERFLOW: (400, "invalid_request_error"),
+    ErrorKind.UNAUTHORIZED: (401, "authentication_error"),
+    ErrorKind.FORBIDDEN: (403, "permission_error"),
+    ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
+    ErrorKind.OVERLOADED: (429, "rate_limit_error"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorKind.UNAVAILABLE: (503, "server_error"),
+    ErrorKind.INTERNAL: (500, "server_error"),
+}
+DEFAULT_CODES: dict[ErrorKind, str] = {
+    ErrorKind.NOT_FOUND: "model_not_found",
+    ErrorKind.CONTEXT_OVERFLOW: "context_length_exceeded",
+}
+
+
+def apply_reasoning_effort(effort: str | None, param: str, req: InternalRequest) -> None:
+    """`none` turns reasoning off; a level turns it on and reaches the template as `reasoning_effort` (as
+    gpt-oss templates read it). Models that cannot reason ignore it, as OpenAI's non-reasoning models do.
+    Chat reads it from `reasoning_effort`, the Responses API from `reasoning.effort`."""
+    if effort is None:
+        return
+    if effort not in REASONING_EFFORTS:
+        raise invalid(f"Invalid value for `{param}`: expected one of {', '.join(map(repr, REASONING_EFFORTS))}"
+                      f", got {effort!r}.", param)
+    req.think = effort != "none"
+    if req.think:
+        req.template_kwargs.setdefault("reasoning_effort", effort)
+
+
+def render_chat_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    return {"content": [_chat_token(lp) for lp in logprobs], "refusal": None}
+
+
+def _chat_token(lp: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": [{"token": tok, "logprob": val, "bytes": raw} for tok, val, raw, _ in lp.top],
+    }
+
+
+def render_error(err: GatewayError) -> tuple[int, dict[str, Any]]:
+    status, kind = ERRORS.get(err.kind, (500, "server_error"))
+    code = err.code or DEFAULT_CODES.get(err.kind)
+    message = overflow_message(err) if err.kind is ErrorKind.CONTEXT_OVERFLOW else err.message
+    return status, {"error": {"message": message, "type": kind, "param": err.param, "code": code}}
+
+
+def overflow_message(err: GatewayError) -> str:
+    """OpenAI's wording for a prompt (and max_tokens) over the context, from the error's facts."""
+    limit, prompt, output = (err.details.get(k) for k in ("limit", "prompt_tokens", "max_tokens"))
+    if limit is None or prompt is None:
+        return err.message
+    if output is None:
+        return (f"This model's maximum context length is {limit} tokens. However, your prompt has {prompt} "
+                "tokens. Please reduce the length of the prompt.")
+    return (f"This model's maximum context length is {limit} tokens. However, you requested {prompt + output} "
+            f"tokens ({prompt} in the prompt, {output} for the completion). Please reduce the length of the "
+            "prompt or the maximum number of tokens.")

@@ -25,9 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     # adapters translate: the vocabulary, the shared framing and the two shared shapes, nothing else
     "adapters.*": ADAPTER,
     "adapters.ollama": ADAPTER | {"adapters.ollama_models"},
-    # the Responses API is OpenAI's too: one error table and one list of reasoning efforts for both endpoints
-    "adapters.openai_responses": ADAPTER | {"adapters.openai", "adapters.openai_responses_render"},
-    "adapters.openai_responses_render": ADAPTER | {"adapters.openai"},
+    # the Responses API's parsing and its rendering are one family split in two modules; what it shares with
+    # chat completions (error body, reasoning effort, logprobs) is in the openai_shapes leaf
+    "adapters.openai_responses": ADAPTER | {"adapters.openai_responses_render"},
     # the engine runs in runner processes: no HTTP, no API family, no service
     "gateway.engine.*": ENGINE,
     "gateway.models.*": MODELS,
