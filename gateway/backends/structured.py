@@ -14,6 +14,7 @@ the answer after the model's reasoning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -181,13 +182,15 @@ def _grammar(req: InternalRequest, style: ModelStyle, tools: list[Tool], reasoni
              in_reasoning: bool) -> tuple[str | None, tuple[str, ...]]:
     if tools and req.tool_choice != "auto":
         chosen = [t for t in tools if req.tool_choice == "required" or t.name == req.tool_choice]
-        return _forced_calls(chosen, style.chat, req, reasoning, in_reasoning), ()
+        return _calls_grammar(_tools_key(chosen), style.chat, req.parallel_tool_calls, reasoning, in_reasoning), ()
     if tools:
         if req.constraint is not None:
             raise invalid("Tools with tool_choice `auto` and an output format together are "
                           "not supported: use tool_choice `required` or drop the format.",
                           req.constraint.param)
-        return _lazy_calls(tools, style.chat, req), (_regex_literal(style.chat.call_open),)
+        # lazy: applied from the call marker on, which is the grammar's first text
+        grammar = _calls_grammar(_tools_key(tools), style.chat, req.parallel_tool_calls, None, False)
+        return grammar, (_regex_literal(style.chat.call_open),)
     if req.constraint is None:
         return None, ()
     if reasoning is None or req.constraint.kind == "gbnf":  # a raw grammar covers the whole output
@@ -207,17 +210,18 @@ def _closed(prompt: str, markers: ReasoningMarkers) -> bool:
     return prompt.rstrip().endswith(markers.close)
 
 
-def _forced_calls(tools: list[Tool], fmt: ChatFormat, req: InternalRequest, reasoning: ReasoningMarkers | None,
-                  in_reasoning: bool) -> str:
+def _tools_key(tools: list[Tool]) -> str:
+    """What of the tools shapes their grammar, as a cache key: agents send the same tools with every request."""
+    return json.dumps([[t.name, t.parameters] for t in tools], ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=128)
+def _calls_grammar(tools_key: str, fmt: ChatFormat, parallel: bool, reasoning: ReasoningMarkers | None,
+                   in_reasoning: bool) -> str:
+    tools = [Tool(name, parameters=parameters) for name, parameters in json.loads(tools_key)]
     builder = GrammarBuilder()
-    calls = _calls_rule(builder, tools, fmt, req.parallel_tool_calls)
+    calls = _calls_rule(builder, tools, fmt, parallel)
     return builder.grammar(_after_reasoning(builder, reasoning, in_reasoning, calls) if reasoning else calls)
-
-
-def _lazy_calls(tools: list[Tool], fmt: ChatFormat, req: InternalRequest) -> str:
-    """The grammar a lazy sampler applies from the call marker on (the marker is its first text)."""
-    builder = GrammarBuilder()
-    return builder.grammar(_calls_rule(builder, tools, fmt, req.parallel_tool_calls))
 
 
 def _calls_rule(builder: GrammarBuilder, tools: list[Tool], fmt: ChatFormat, parallel: bool) -> str:
