@@ -21,7 +21,6 @@ rest; nothing is ever written to a cache on request, so `cache_creation_input_to
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -71,9 +70,6 @@ VERSION_HEADER = "anthropic-version"
 TEXT_SEPARATOR = "\n\n"  # between text blocks: each block is its own piece of text, gluing them merges words
 THINKING_SIGNATURE = "llm-gateway"
 """Local models sign nothing; clients only send the signature back with the thinking block, which is dropped."""
-BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*(\n|$)", re.MULTILINE)
-"""Claude Code puts this line first in the system prompt with a hash that changes on every request: kept, it
-would make every prompt differ from the first tokens on and defeat the KV-cache prefix reuse."""
 
 ROLES = ("user", "assistant", "system")  # anthropic 2.12 also types a `system` message inside `messages`
 MODELS_PAGE = 20
@@ -106,6 +102,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.UNAVAILABLE: (529, "overloaded_error"),
+    ErrorKind.TIMEOUT: (504, "timeout_error"),
     ErrorKind.INTERNAL: (500, "api_error"),
 }
 """A full queue is 429, not 529: it clears as soon as a sequence ends, and Claude Code retries 429 up to ten
@@ -360,18 +357,19 @@ def parse_conversation(system: Any, value: Any) -> list[Message]:
 
 
 def parse_system(value: Any) -> str:
-    """A string or text blocks, joined; Claude Code's per-request billing line is removed (see BILLING_LINE)."""
+    """A string or text blocks, joined. (Claude Code's per-request billing line is agent noise, which the
+    `prompt_rules` setting removes from every family's system prompts.)"""
     if value is None:
         return ""
     if isinstance(value, str):
-        return BILLING_LINE.sub("", value)
+        return value
     if not isinstance(value, list):
         raise invalid(f"Invalid type for `system`: expected a string or an array of text blocks, "
                       f"got {type_name(value)}.", "system")
     blocks = _Blocks()
     for i, block in enumerate(value):
         _parse_block(block, f"system.{i}", ("text",), blocks, {})
-    return TEXT_SEPARATOR.join(text for text in (BILLING_LINE.sub("", t) for t in blocks.texts) if text)
+    return TEXT_SEPARATOR.join(text for text in blocks.texts if text)
 
 
 def _parse_message(item: Any, name: str, tool_names: dict[str, str]) -> list[Message]:

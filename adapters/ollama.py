@@ -101,6 +101,7 @@ STATUSES: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 503,  # Ollama: "server busy, please try again.  maximum pending requests exceeded"
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UNAVAILABLE: 500,
+    ErrorKind.TIMEOUT: 500,  # Ollama answers every failure of a running generation with 500 and its message
     ErrorKind.INTERNAL: 500,
 }
 IMAGE_TYPES = {"iVBORw0KGgo": "image/png", "/9j/": "image/jpeg", "R0lGOD": "image/gif", "UklGR": "image/webp"}

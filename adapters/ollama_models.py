@@ -217,6 +217,8 @@ def render_show(result: ModelInfo, req: InternalRequest, ctx: RequestContext) ->
     response["model_info"] = model_info(result, bool(req.render.get("verbose")))
     response["capabilities"] = list(result.capabilities)
     response["modified_at"] = go_time(result.created)
+    if result.max_model_len:  # ours: the context this server gives it and why (Ollama clients skip the key)
+        response["context"] = {"size": result.max_model_len, "reason": result.context_reason}
     return response
 
 

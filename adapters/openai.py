@@ -424,14 +424,17 @@ def render_model(result: ModelInfo, req: InternalRequest, ctx: RequestContext) -
 
 
 def _model_entry(name: str, info: ModelInfo) -> dict[str, Any]:
-    """OpenAI's four fields, plus vLLM's `max_model_len` (the context this server gives the model), which
-    vLLM clients read to size their prompts and OpenAI clients ignore."""
+    """OpenAI's four fields, plus vLLM's `max_model_len` (the context this server gives the model, which vLLM
+    clients read to size their prompts), the seed service's `context_size` (the same) and why it has that size;
+    OpenAI clients ignore the extra keys."""
     return {"id": name, "object": "model", "created": info.created, "owned_by": OWNED_BY,
-            "max_model_len": info.max_model_len}
+            "max_model_len": info.max_model_len, "context_size": info.max_model_len,
+            "context_reason": info.context_reason}
 
 
 def render_health(result: HealthResult, req: InternalRequest, ctx: RequestContext) -> dict[str, Any]:
-    return {"status": result.status, "models_loaded": list(result.models_loaded), "gpu_offload": result.gpu_offload}
+    return {"status": result.status, "models_loaded": list(result.models_loaded), "gpu_offload": result.gpu_offload,
+            "devices": result.devices}
 
 
 
@@ -578,4 +581,9 @@ ROUTES: list[Route] = [
           name="openai.model"),
     Route("GET", "/health", FAMILY, parse_health, render_health, render_error, body="none", name="openai.health",
           public=True),
+    # the seed service's paths, so its users' scripts keep working
+    Route("POST", "/api/chat/completions", FAMILY, parse_chat, render_chat, render_error, stream=ChatStream,
+          name="openai.chat_seed"),
+    Route("GET", "/api/models", FAMILY, parse_list_models, render_models, render_error, body="none",
+          name="openai.models_seed"),
 ]

@@ -218,11 +218,13 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error"),
     ErrorKind.UNAVAILABLE: (503, "server_error"),
+    ErrorKind.TIMEOUT: (504, "server_error"),
     ErrorKind.INTERNAL: (500, "server_error"),
 }
 DEFAULT_CODES: dict[ErrorKind, str] = {
     ErrorKind.NOT_FOUND: "model_not_found",
     ErrorKind.CONTEXT_OVERFLOW: "context_length_exceeded",
+    ErrorKind.TIMEOUT: "request_timeout",
 }
 
 

@@ -62,6 +62,7 @@ ERRORS: dict[ErrorKind, tuple[int, str, str]] = {
     ErrorKind.OVERLOADED: (429, "overloaded", ""),
     ErrorKind.RATE_LIMITED: (429, "overloaded", ""),
     ErrorKind.UNAVAILABLE: (503, "unavailable", ""),
+    ErrorKind.TIMEOUT: (504, "timeout", ""),
     ErrorKind.INTERNAL: (424, "generation", "Request failed during generation: "),
 }
 

@@ -57,6 +57,7 @@ ERRORS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (429, "Too Many Requests"),
     ErrorKind.RATE_LIMITED: (429, "Too Many Requests"),
     ErrorKind.UNAVAILABLE: (503, "Service Unavailable"),
+    ErrorKind.TIMEOUT: (504, "Gateway Timeout"),
     ErrorKind.INTERNAL: (500, "InternalServerError"),
 }
 

@@ -6,8 +6,9 @@ import argparse
 import logging
 import math
 import runpy
+import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from gateway.config import ConfigError, Settings, describe, load_settings
 from gateway.engine.cpu import cpu_features
@@ -21,8 +22,11 @@ def _parser() -> argparse.ArgumentParser:
                             ("check", "validate and print the settings")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="YAML settings file (also GATEWAY_CONFIG)")
-        cmd.add_argument("--models-dir", dest="models_dirs", action="extend", nargs="+", metavar="DIR",
-                         help="folders of GGUF files")
+        cmd.add_argument("--models-dir", "--model-dir", dest="models_dirs", action="extend", nargs="+",
+                         metavar="DIR", help="folders of GGUF files (--model-dir: the seed service's name)")
+        cmd.add_argument("--debug", action="store_true", help="log at debug level (as --log-level debug)")
+        cmd.add_argument("--default-tensor-split", dest="tensor_split", metavar="SHARES",
+                         help="how models that set none split across GPUs, e.g. 3,1")
         if name == "serve":
             cmd.add_argument("--host")
             cmd.add_argument("--port", type=int)
@@ -34,16 +38,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    keys = ("host", "port", "parallel", "n_threads", "n_ctx", "log_level", "models_dirs")
+    keys = ("host", "port", "parallel", "n_threads", "n_ctx", "log_level", "models_dirs", "tensor_split")
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
+    if args.debug:
+        overrides["log_level"] = "debug"
     return load_settings(args.config, overrides=overrides)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, load: Callable[[], Settings]) -> None:
+    """gunicorn with one worker; `load` reads the settings again for a SIGHUP reload."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
-    from gateway import shutdown
+    from gateway import reload, shutdown
     from gateway.app import create_app
+
+    class HupToWorker(Arbiter):
+        """The master passes SIGHUP on to the worker, which reloads the config (gateway/reload.py), instead of
+        restarting it: a restart would end every stream and runner."""
+
+        def handle_hup(self) -> None:
+            self.log.info("SIGHUP: the worker reloads its config")
+            self.kill_workers(signal.SIGHUP)
+
+    def worker_init(worker) -> None:
+        shutdown.install(worker, settings.shutdown_grace)
+        reload.install(worker, load)
 
     class GatewayServer(BaseApplication):
         def load_config(self) -> None:
@@ -54,11 +74,18 @@ def serve(settings: Settings) -> None:
             self.cfg.set("threads", settings.http_threads)
             self.cfg.set("loglevel", settings.log_level)
             self.cfg.set("graceful_timeout", math.ceil(settings.shutdown_grace + shutdown.MARGIN))
-            self.cfg.set("post_worker_init", lambda worker: shutdown.install(worker, settings.shutdown_grace))
+            self.cfg.set("post_worker_init", worker_init)
             self.cfg.set("worker_exit", lambda server, worker: shutdown.stop_runners(worker))
 
         def load(self):
             return create_app(settings)
+
+        def run(self) -> None:
+            try:
+                HupToWorker(self).run()
+            except RuntimeError as exc:  # as gunicorn's own run: a bind that fails, a worker that cannot boot
+                print(f"\nError: {exc}\n", file=sys.stderr)
+                sys.exit(1)
 
     GatewayServer().run()
 
@@ -80,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
+    for note in settings.notes:
+        logging.getLogger("gateway.config").warning("%s", note)
     if args.command in ("check", "models"):
         from gateway.models.registry import ModelRegistry
 
         try:
             registry = ModelRegistry.discover(settings.models_dirs, settings.models, settings.aliases,
-                                              include_embedded=settings.embedded_model)
+                                              include_embedded=settings.embedded_model,
+                                              default_model=settings.default_model)
         except ValueError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
@@ -99,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             aliases = f"  (aliases: {', '.join(info.aliases)})" if info.aliases else ""
             print(f"{info.name}\t{info.architecture}\t{info.quantization}\t{info.path}{aliases}")
         return 0
-    serve(settings)
+    serve(settings, lambda: _settings(args))
     return 0
 
 

@@ -17,9 +17,13 @@ class Access:
     names and limits, gateway/keys.py)."""
 
     def __init__(self, api_keys: list[str | KeyPolicy], guard: BrowserGuard | None = None):
+        self.set_keys(api_keys)
+        self.guard = guard or BrowserGuard()
+
+    def set_keys(self, api_keys: list[str | KeyPolicy]) -> None:
+        """Replace the keys (a config reload); each list is replaced whole, so a check never sees half of it."""
         self.policies = [k if isinstance(k, KeyPolicy) else parse_keys([k])[0] for k in api_keys]
         self.api_keys = [p.key for p in self.policies]
-        self.guard = guard or BrowserGuard()
 
     def check(self, headers: Mapping[str, str], public: bool = False, has_body: bool = False) -> KeyPolicy | None:
         """`headers` with lower-case names. `public` routes (health, version) need no key, but web pages are held

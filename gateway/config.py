@@ -10,11 +10,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
+from gateway.engine_options import CACHE_TYPES, FLASH_ATTN_MODES, MAX_DEVICES, QUANTIZED_CACHE_TYPES
 from gateway.keys import KeyPolicy, parse_keys
+from gateway.prompt_rules import DEFAULT_RULES, PromptRule, parse_rules
 from gateway.types import parse_duration
 
 
@@ -64,7 +66,15 @@ SETTINGS: list[Setting] = [
                                 "temperature, stop, num_ctx...), chat_format (how it writes tool calls: hermes, "
                                 "mistral, llama3, generic; default: from its template), tool_choice (what "
                                 "`auto` means for it: auto, or required for models too small to call tools "
-                                "unasked)."),
+                                "unasked). `backend: upstream` entries are served by OpenAI-compatible servers "
+                                "elsewhere (vLLM, SGLang, llama-server, Ollama, another llm-gateway): upstream "
+                                "(a URL, a list of URLs, or {urls, model, api_key or api_key_env, "
+                                "connect_timeout, read_timeout, first_byte_timeout, health_interval, cooldown}), "
+                                "with name, aliases, n_ctx, keep_alive, pinned, system, parameters. "
+                                "`backend: managed` entries are engine servers the gateway starts, "
+                                "watches and stops: engine (vllm, sglang, llama-server, llama-cpp-python, command), "
+                                "model or path, args (a list, or a mapping of flags), env, port, output_dir, "
+                                "startup_timeout, heartbeat_interval, prefix (a profiler), debug."),
     Setting("ollama_models", "auto", str, "An Ollama model store to serve: 'auto' ($OLLAMA_MODELS, else "
                                           "~/.ollama/models if it exists), 'off', or a folder."),
     Setting("ollama_registry", "https://registry.ollama.ai", str,
@@ -78,10 +88,22 @@ SETTINGS: list[Setting] = [
     Setting("aliases", {}, dict, "Extra names for models; keys may be globs (`claude-*: smollm2-135m-instruct`)."),
     Setting("embedded_model", True, bool, "Serve the embedded SmolLM2-135M-Instruct model."),
     Setting("parallel", 4, int, "Sequences decoded together per model (continuous batching)."),
-    Setting("n_ctx", 0, int, "Context size per model; 0 means the model's trained context capped at 8192."),
+    Setting("n_ctx", 0, int, "Context size per model; 0: the model's trained context when its KV cache fits the "
+                             "memory it will have (memory_budget, or the GPUs' free memory when every layer is "
+                             "offloaded), else the largest that fits."),
     Setting("n_batch", 512, int, "Most tokens in one decode step."),
     Setting("prefill_chunk", 128, int, "Most prompt tokens added to a step while other sequences generate."),
     Setting("n_threads", 0, int, "CPU threads for decoding; 0 means the number of physical cores."),
+    Setting("tensor_split", [], list, "How models that set none split their layers across GPUs: one share per "
+                                      "GPU, e.g. [3, 1] (or the text '3,1'); empty: llama.cpp's default (by "
+                                      "free memory)."),
+    Setting("flash_attn", "auto", str, "Flash attention for models that set none: auto (where the device "
+                                       "supports it), on, off."),
+    Setting("cache_type_k", "f16", str, "KV cache element type of K for models that set none: f32, f16, bf16, "
+                                        "q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (quantized types hold a longer "
+                                        "context in the same memory)."),
+    Setting("cache_type_v", "f16", str, "KV cache element type of V, as cache_type_k; a quantized V cache needs "
+                                        "flash_attn auto or on."),
     Setting("n_gpu_layers", -1, int, "Layers offloaded to GPUs for models that set none: -1 all, 0 none. Only "
                                      "where this build of llama.cpp can offload (CUDA, Metal, Vulkan...)."),
     Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
@@ -94,6 +116,15 @@ SETTINGS: list[Setting] = [
     Setting("pinned", [], list, "Models loaded at start and never unloaded."),
     Setting("context_overflow", "truncate", str, "An Ollama chat longer than its window: 'truncate' drops the "
                                                  "oldest turns (as Ollama does), 'error' answers 400."),
+    Setting("default_model", "", str, "The model a request that names none gets (TGI, vLLM's optional model, "
+                                      "huggingface_hub's placeholder); empty: the first configured model, else "
+                                      "the embedded one."),
+    Setting("request_timeout", 0.0, float, "Seconds a generation may run before it is ended with a timeout error "
+                                           "(the family's 504, or its in-band error event once streaming); 0: no "
+                                           "limit."),
+    Setting("keep_think_tags", True, bool, "Ollama answers with `think` unset keep a model's reasoning in the "
+                                           "content, tags and all (as Ollama does); false splits it into "
+                                           "`thinking` there too."),
     Setting("keepalive_seconds", 10.0, float, "Idle seconds before a stream gets a keep-alive comment."),
     Setting("shutdown_grace", 30.0, float, "On SIGTERM, seconds requests in flight may take to finish; what still "
                                            "runs then ends with its family's error, and the server exits."),
@@ -105,6 +136,16 @@ SETTINGS: list[Setting] = [
     Setting("responses_store", "memory", str, "Where Responses API answers are kept for previous_response_id, "
                                               "GET and DELETE (the 1000 most recently used): 'memory', or the "
                                               "path of a SQLite file, so they survive a restart."),
+    Setting("prompt_cache_dir", "", str, "A folder for the persistent prompt cache: long prompt prefixes' KV state "
+                                         "saved to disk, restored after a restart or reload; empty: off. "
+                                         "e.g. ~/.cache/llm-gateway/prompt-cache."),
+    Setting("prompt_cache_min_tokens", 512, int, "Shortest prefix (in tokens) the persistent prompt cache saves."),
+    Setting("prompt_cache_max_bytes", 4 * 2**30, int, "Most bytes the prompt cache folder holds; the least "
+                                                      "recently used files are removed beyond it."),
+    Setting("prompt_rules", DEFAULT_RULES, list, "Rules applied to system prompts before tokenizing, so that a "
+                                                 "line that changes per request does not defeat the prefix "
+                                                 "cache: {name, pattern (a regular expression, multiline), "
+                                                 "action: strip | move_to_end}. [] turns them off."),
     Setting("request_history", 1000, int, "Finished requests kept for /api/requests and the dashboard."),
     Setting("metrics", True, bool, "Serve Prometheus metrics at /metrics."),
 ]
@@ -112,9 +153,30 @@ SETTINGS: list[Setting] = [
 _BY_KEY = {s.key: s for s in SETTINGS}
 
 
+def _manifests_root(value: Any) -> Any:
+    """The seed named the store's `manifests` folder; the store is the folder above it."""
+    if isinstance(value, str) and os.path.basename(os.path.normpath(os.path.expanduser(value))) == "manifests":
+        return os.path.dirname(os.path.normpath(os.path.expanduser(value)))
+    return value
+
+
+SEED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "models_dir": ("models_dirs", lambda v: [v] if isinstance(v, str) else v),
+    "manifests_dir": ("ollama_models", _manifests_root),
+    "default_context_size": ("n_ctx", lambda v: v),
+    "gpu_layers": ("n_gpu_layers", lambda v: v),
+    "threads": ("n_threads", lambda v: v),
+    "batch_size": ("n_batch", lambda v: v),
+    "preserve_think_tags": ("keep_think_tags", lambda v: v),
+}
+"""The seed service's `service_config.yaml` keys that have another name here: accepted, with a note in the log
+(its `default_model`, `tensor_split` as text, `request_timeout` and `log_level` keep their names)."""
+
+
 @dataclass
 class Settings:
     values: dict[str, Any] = field(default_factory=lambda: {s.key: s.default for s in SETTINGS})
+    notes: list[str] = field(default_factory=list)  # deprecations found while loading, logged once logging is up
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -129,6 +191,8 @@ def _from_text(setting: Setting, text: str) -> Any:
         return text.strip().lower() in ("1", "true", "yes", "on")
     if setting.key == "keep_alive":
         return parse_duration(text)
+    if setting.key == "tensor_split" and not text.lstrip().startswith("["):
+        return [float(x) for x in re.split(r"[,\s]+", text.strip()) if x]  # the seed's "3,1"
     if setting.type in (int, float):
         return setting.type(text)
     if setting.type is list and not text.lstrip().startswith("["):
@@ -172,6 +236,13 @@ def load_settings(config_file: str | None = None, env: Mapping[str, str] | None 
         if not isinstance(data, dict):
             raise ConfigError(f"{config_file}: the top level must be a mapping of settings")
         for key, value in data.items():
+            if key in SEED_KEYS:
+                new_key, convert = SEED_KEYS[key]
+                if new_key in data:
+                    raise ConfigError(f"{config_file}: `{key}` and `{new_key}` both given; keep `{new_key}`")
+                settings.notes.append(f"{config_file}: `{key}` is the seed service's name for `{new_key}`; it "
+                                      f"still works, but will be removed: rename it")
+                key, value = new_key, convert(value)
             if key not in _BY_KEY:
                 raise ConfigError(f"{config_file}: unknown setting `{key}`")
             settings.values[key] = _coerce(_BY_KEY[key], value, config_file)
@@ -193,6 +264,8 @@ def _expand_paths(settings: Settings) -> None:
     values["models_dirs"] = [os.path.expanduser(d) if isinstance(d, str) else d for d in values["models_dirs"]]
     if values["ollama_models"] not in ("auto", "off"):
         values["ollama_models"] = os.path.expanduser(values["ollama_models"])
+    if values["prompt_cache_dir"]:
+        values["prompt_cache_dir"] = os.path.expanduser(values["prompt_cache_dir"])
     if values["responses_store"] != "memory":
         values["responses_store"] = os.path.expanduser(values["responses_store"])
     values["models"] = [{**entry, "path": os.path.expanduser(entry["path"])}
@@ -207,7 +280,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")
     if settings.parallel > 256:
         raise ConfigError(f"`parallel` must be at most 256, got {settings.parallel}")
-    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+    settings.values["log_level"] = settings.log_level.lower()  # the seed wrote INFO
+    if settings.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"`log_level` must be debug, info, warning or error, got {settings.log_level!r}")
     if settings.log_format not in ("plain", "json"):
         raise ConfigError(f"`log_format` must be plain or json, got {settings.log_format!r}")
@@ -218,10 +292,37 @@ def _validate(settings: Settings) -> None:
                           f"{settings.reasoning_field!r}")
     if not settings.responses_store.strip():
         raise ConfigError("`responses_store` must be 'memory' or the path of a SQLite file, got an empty string")
+    if settings.request_timeout < 0:
+        raise ConfigError(f"`request_timeout` must be 0 (no limit) or more seconds, got {settings.request_timeout}")
+    split = settings.tensor_split
+    if split and (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in split)
+                  or not sum(split) > 0 or len(split) > MAX_DEVICES):
+        raise ConfigError(f"`tensor_split` must be at most {MAX_DEVICES} non-negative shares with a positive sum "
+                          f"(one per GPU, e.g. [3, 1]), got {split}")
+    if settings.flash_attn not in FLASH_ATTN_MODES:
+        raise ConfigError(f"`flash_attn` must be one of {', '.join(FLASH_ATTN_MODES)}, got {settings.flash_attn!r}")
+    for key in ("cache_type_k", "cache_type_v"):
+        if settings.values[key] not in CACHE_TYPES:
+            raise ConfigError(f"`{key}` must be one of {', '.join(CACHE_TYPES)}, got {settings.values[key]!r}")
+    if settings.flash_attn == "off" and settings.cache_type_v in QUANTIZED_CACHE_TYPES:
+        raise ConfigError(f"`cache_type_v`: a quantized V cache ({settings.cache_type_v}) needs flash_attn auto or "
+                          "on (llama.cpp refuses it without flash attention)")
+    if settings.prompt_cache_min_tokens < 1 or settings.prompt_cache_max_bytes < 1:
+        key = "prompt_cache_min_tokens" if settings.prompt_cache_min_tokens < 1 else "prompt_cache_max_bytes"
+        raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")
+    prompt_rules(settings)
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")
     memory_budget_bytes(settings)
     key_policies(settings)
+
+
+def prompt_rules(settings: Settings) -> list[PromptRule]:
+    """The validated `prompt_rules` (gateway/prompt_rules.py); a bad one is a ConfigError that names it."""
+    try:
+        return parse_rules(settings.prompt_rules)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def key_policies(settings: Settings) -> list[KeyPolicy]:
@@ -262,5 +363,17 @@ def describe(settings: Settings) -> str:
     """Every setting with its value, environment name and meaning (for `python -m gateway check`)."""
     lines = []
     for s in SETTINGS:
-        lines.append(f"{s.key} = {json.dumps(settings.values[s.key])}    # {s.env}: {s.help}")
+        value = settings.values[s.key]
+        if s.key == "api_keys":
+            value = [_masked(k) for k in value]
+        lines.append(f"{s.key} = {json.dumps(value)}    # {s.env}: {s.help}")
     return "\n".join(lines)
+
+
+def _masked(key: Any) -> Any:
+    """A key as `check` prints it: enough to tell keys apart, never enough to use one."""
+    if isinstance(key, dict):
+        return {**key, "key": _masked(key.get("key"))} if "key" in key else key
+    if not isinstance(key, str):
+        return key
+    return "***" + key[-4:] if len(key) >= 16 else "***"

@@ -13,7 +13,7 @@ import threading
 from typing import Any, Callable, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PoolView = Callable[[], "list[dict[str, Any]]"]
 Counts = Callable[[], "dict[str, int]"]
@@ -147,6 +147,20 @@ MODEL_GAUGES = (  # metric name, help, pool_view key
 )
 
 
+PROMPT_CACHE_METRICS = (  # metric name, help, key in a model's `prompt_cache`; counters end in _total
+    ("llm_gateway_prompt_cache_hits_total", "Prompts whose prefix was restored from the persistent prompt cache.",
+     "hits"),
+    ("llm_gateway_prompt_cache_misses_total", "Long prompts with no long prefix in memory or on disk.", "misses"),
+    ("llm_gateway_prompt_cache_restored_tokens_total", "Prompt tokens restored from the persistent prompt cache.",
+     "restored_tokens"),
+    ("llm_gateway_prompt_cache_saves_total", "Prefixes written to the persistent prompt cache.", "saves"),
+    ("llm_gateway_prompt_cache_removed_total", "Cache files removed as corrupt, truncated or stale.", "removed"),
+    ("llm_gateway_prompt_cache_warm_total", "Prompts prefilled by POST /api/cache/warm.", "warms"),
+    ("llm_gateway_prompt_cache_entries", "Prefixes of the model in the persistent prompt cache.", "entries"),
+    ("llm_gateway_prompt_cache_bytes", "Bytes of the model's files in the persistent prompt cache.", "bytes"),
+)
+
+
 class _LiveCollector:
     """A custom collector: its values are read from the tracker and the pool when Prometheus scrapes."""
 
@@ -180,4 +194,27 @@ class _LiveCollector:
                                  "cache since start (0 to 1).", labels=["model"])
         for model, ratio in sorted(self._prefix().items()):
             hits.add_metric([model], ratio)
-        return [*families, usage, hits]
+        return [*families, usage, hits, *_prompt_cache(models)]
+
+
+def _prompt_cache(models: list[dict[str, Any]]) -> list[Metric]:
+    """The persistent prompt cache's numbers per model (runners count since they started), and what each agent
+    noise rule did (gateway/prompt_rules.py)."""
+    families: list[Metric] = []
+    for name, help_text, key in PROMPT_CACHE_METRICS:
+        kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+        family = kind(name.removesuffix("_total"), help_text, labels=["model"])
+        for model in models:
+            if model.get("prompt_cache"):
+                family.add_metric([model["name"]], model["prompt_cache"].get(key, 0))
+        families.append(family)
+    applied = CounterMetricFamily("llm_gateway_prompt_rule_applied", "System prompts an agent-noise rule changed.",
+                                  labels=["model", "rule"])
+    saved = CounterMetricFamily("llm_gateway_prompt_rule_saved_chars", "Characters of system prompt after a "
+                                "rule's first match: what a changing line there would have kept out of the prefix "
+                                "cache.", labels=["model", "rule"])
+    for model in models:
+        for rule, counts in (model.get("prompt_rules") or {}).items():
+            applied.add_metric([model["name"], rule], counts["applied"])
+            saved.add_metric([model["name"], rule], counts["saved_chars"])
+    return [*families, applied, saved]

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from gateway.backends.pool import ModelPool
 from gateway.models.ollama_store import OllamaStore
-from gateway.models.registry import ModelRegistry
+from gateway.models.registry import ModelRegistry, ModelSpec
 from gateway.models.registry_client import RegistryClient
 from gateway.polling import TICK, ClientGone, poll
 from gateway.types import ErrorKind, GatewayError, ModelChange, Progress, invalid
@@ -106,6 +106,8 @@ class ModelChanges:
         finally:
             self._store_lock.release()
             self.registry.reload()
+            for name in self.pool.retire_changed(self.registry.spec):  # replaced under the same name
+                log.info("%s changed in the store: it is reloaded once its current requests finish", name)
         if change.op in ("copy", "delete"):
             report(Progress("success"))
 
@@ -125,7 +127,7 @@ class ModelChanges:
             store.copy(change.source, change.name)
             return
         spec = self.registry.resolve(change.source)
-        store.create(change.name, spec.path, spec.template, spec.system, spec.parameters)
+        store.create(change.name, gguf_file(spec, "source"), spec.template, spec.system, spec.parameters)
 
     def _delete(self, store: OllamaStore, change: ModelChange) -> None:
         if store.locate(change.name) is None:
@@ -149,8 +151,16 @@ class ModelChanges:
             path = source
         else:
             spec = self.registry.resolve(source)
-            path = spec.path
+            path = gguf_file(spec, "from")
             template = template or spec.template
             system = system if system is not None else spec.system
             parameters = {**spec.parameters, **parameters}
         store.create(change.name, path, template, system, parameters, report)
+
+
+def gguf_file(spec: ModelSpec, param: str) -> str:
+    """The model's GGUF file, which a copy or create starts from; a model served elsewhere has none."""
+    if not spec.path:
+        raise invalid(f"The model `{spec.name}` is served by {spec.backend} servers: it has no GGUF file here to "
+                      "copy or build on.", param)
+    return spec.path

@@ -105,7 +105,8 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
     @views.get("/dashboard")
     def dashboard() -> str:
         return render_template("dashboard.html", version=__version__, auth=bool(access.api_keys),
-                               root=request.script_root, keepalive=keepalive)
+                               root=request.script_root, keepalive=keepalive,
+                               compute=current_app.extensions["gateway"].pool.compute_summary())
 
     if metrics is not None:
         metrics.watch(tracker.counts, pool_view)

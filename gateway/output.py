@@ -101,6 +101,23 @@ class ChoiceOutput:
             self.reasoning_tokens += 1
         return events
 
+    def feed_split(self, text: str, thinking: str, calls: list[ToolCallDelta],
+                   logprobs: list[TokenLogprob] | None = None) -> list[OutputEvent]:
+        """Output the engine split itself (an upstream server): passed through in the order a model writes it
+        (reasoning, answer, calls), counted as `feed` counts, and every call given an id."""
+        events: list[OutputEvent] = []
+        if thinking:
+            self.reasoning_tokens += 1
+            events.append(ThinkingDelta(self.index, thinking))
+        if text or logprobs:
+            events.append(TextDelta(self.index, text, logprobs))
+        for call in calls:
+            if call.name is not None and not call.id:
+                call = ToolCallDelta(self.index, call.call_index, new_call_id(), call.name, call.arguments)
+            self.calls_made = max(self.calls_made, call.call_index + 1)
+            events.append(call)
+        return events
+
     def close(self) -> list[OutputEvent]:
         if not self.plan.active:
             return []

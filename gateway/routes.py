@@ -69,6 +69,7 @@ class RouteOptions:
     reasoning_field: str = "reasoning_content"  # where OpenAI-style responses put reasoning (RequestContext)
     long_requests: LongRequests = field(default_factory=lambda: LongRequests(64))
     key_limits: KeyLimits = field(default_factory=KeyLimits)  # per-key limits (gateway/keys.py)
+    keep_think_tags: bool = True  # false: Ollama answers with `think` unset get reasoning split out too
 
 
 HOLDING_KINDS = ("chat", "completion", "embedding", *CHANGE_KINDS)
@@ -126,6 +127,7 @@ def handle(group: list[Route], service: Service, access: Access, path_params: di
 def _serve(route: Route, body: Any, service: Service, ctx: RequestContext, options: RouteOptions,
            policy: KeyPolicy | None) -> Response:
     req = route.parse(body, ctx)
+    req.keep_think_tags = req.keep_think_tags and options.keep_think_tags
     counted = req.kind in HOLDING_KINDS
     key_release = options.key_limits.admit(policy, req.model) if counted else _nothing
     try:
@@ -269,7 +271,7 @@ def _json(body: Any, status: int = 200) -> Response:
 def error_response(route: Route, err: GatewayError) -> Response:
     status, body = route.render_error(err)
     response = _json(body, status)
-    if err.kind == ErrorKind.INTERNAL:
+    if err.kind in (ErrorKind.INTERNAL, ErrorKind.TIMEOUT):  # the SDKs would retry a 5xx: the same again
         response.headers["x-should-retry"] = "false"
     if "retry_after" in err.details:
         response.headers["Retry-After"] = str(err.details["retry_after"])

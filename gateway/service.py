@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from gateway import __version__
-from gateway.backends.base import GenerationRun
+from gateway.backends.base import GenerationRun, SplitPiece
 from gateway.backends.pool import Lease, ModelPool
 from gateway.engine.jobs import Finished, Piece, Prefilled, Started
 from gateway.limits import check_limits
@@ -34,6 +34,7 @@ from gateway.types import (
     HealthResult,
     InternalRequest,
     LoadResult,
+    ModelInfo,
     ModelList,
     OutputEvent,
     PromptStarted,
@@ -46,6 +47,7 @@ from gateway.types import (
     ToolCallDelta,
     Usage,
     VersionResult,
+    WarmResult,
 )
 
 log = logging.getLogger("gateway.service")
@@ -122,8 +124,9 @@ class Generation:
 class Service:
     def __init__(self, registry: ModelRegistry, pool: ModelPool, keepalive_seconds: float = 10.0,
                  changes: ModelChanges | None = None, tracker: Tracker | None = None,
-                 conversations: Conversations | None = None):
+                 conversations: Conversations | None = None, request_timeout: float = 0.0):
         self.tracker = tracker or Tracker()
+        self.request_timeout = request_timeout  # seconds a generation may run; 0: no limit
         self.conversations = conversations or Conversations(MemoryStore())  # the Responses API's stored answers
         self.registry = registry
         self.pool = pool
@@ -151,6 +154,8 @@ class Service:
             if req.kind == "embedding":
                 return self.embed(req, record)
             gen = self.start(req, record)
+            if req.warm:
+                return self.warm(gen, call.client_gone)
             gen.progress = call.progress
             if streaming:
                 return Streamed(self.conversations.follow(req, self.events(gen, call.client_gone)), gen.close)
@@ -181,19 +186,17 @@ class Service:
         if kind in ("get_response", "delete_response"):
             return self.conversations.answer(req)
         if kind == "health":
-            return HealthResult("ok", sorted(self.pool.loaded()), self.pool.gpu_offload())
+            return HealthResult("ok", sorted(self.pool.loaded()), self.pool.gpu_offload(), self.pool.devices())
         if kind == "version":
             return VersionResult(__version__)
         if kind == "list_models":
             loaded = self.pool.loaded()
-            return ModelList([self.registry.info(s, s.name in loaded, _n_ctx(loaded, s.name))
-                              for s in self.registry.specs()])
+            return ModelList([self._info(s, s.name in loaded) for s in self.registry.specs()])
         if kind == "list_running":
             return RunningList([self._running(entry) for entry in self.pool.running()])
         spec = self.resolve(req.model)
         if kind == "show_model":
-            loaded = self.pool.loaded()
-            return self.registry.info(spec, spec.name in loaded, _n_ctx(loaded, spec.name), full=True)
+            return self._info(spec, spec.name in self.pool.loaded(), full=True)
         if kind == "unload_model":
             self.pool.unload(spec.name)
             return LoadResult(spec.name, "unload")
@@ -210,11 +213,18 @@ class Service:
             lease.release(req.keep_alive)
         raise GatewayError(ErrorKind.INTERNAL, f"Unknown query kind {kind}.")
 
+    def _info(self, spec: ModelSpec, loaded: bool, full: bool = False) -> ModelInfo:
+        """A model's listing facts with the context it has (loaded) or would get, and why."""
+        info = self.registry.info(spec, loaded, full=full)
+        info.max_model_len, info.context_reason = self.pool.context_for(spec)
+        return info
+
     def _running(self, entry) -> RunningModel:
         status = entry.backend.describe()
         info = self.registry.info(entry.spec, True, status.n_ctx)
+        info.context_reason = entry.context_reason
         return RunningModel(info, entry.size, entry.size_vram, entry.expires_at_epoch(), status.n_ctx,
-                            runner=_runner_facts(status))
+                            runner={**_runner_facts(status), "context_reason": entry.context_reason})
 
     def embed(self, req: InternalRequest, record: Record) -> EmbeddingResult:
         started = time.monotonic()
@@ -238,6 +248,10 @@ class Service:
         record.set_model(spec.name)
         lease = self.pool.acquire(spec, req.load_options, on_loading=record.loading)
         try:
+            if req.warm and not lease.backend.can_warm:
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"The model `{spec.name}` has no prompt cache to warm "
+                                                              "(its engine is not local).", "model",
+                                   details={"model": spec.name})
             run = lease.backend.generate(req, spec)
         except BaseException:
             lease.release(req.keep_alive)
@@ -280,15 +294,19 @@ class Service:
                 yield KEEPALIVE
                 continue
             if item is TICK:
+                self._check_deadline(gen)
                 continue
             index, event = item
             now = time.monotonic()
-            if isinstance(event, Piece):
+            if isinstance(event, (Piece, SplitPiece)):
                 record.tokens(1)
                 if gen.progress and now >= next_note:
                     next_note = now + PROGRESS_EVERY
                     yield ProgressNote(record.to_json())
-                yield from outputs[index].feed(event.text, event.logprobs)
+                if isinstance(event, Piece):
+                    yield from outputs[index].feed(event.text, event.logprobs)
+                else:
+                    yield from outputs[index].feed_split(event.text, event.thinking, event.calls, event.logprobs)
             elif isinstance(event, Prefilled):
                 record.prompt_progress(event.done)
                 if gen.progress:
@@ -306,12 +324,15 @@ class Service:
                 if event.reason == "cancelled" and gen.failure is not None:
                     event.error = gen.failure
                 if event.error is not None:
-                    record.finish("failed", error=event.error.message)
+                    record.finish("failed", "timeout" if event.error.kind == ErrorKind.TIMEOUT else None,
+                                  error=event.error.message)
                     gen.close()
                     raise event.error
                 usage = Usage(event.prompt_tokens if by_index[index].count_prompt else 0,
                               event.completion_tokens, event.cached_tokens if by_index[index].count_prompt else 0,
                               outputs[index].reasoning_tokens)
+                if by_index[index].count_prompt:  # an upstream server may report the prompt's size only at the end
+                    record.prompt_counted(event.prompt_tokens, event.cached_tokens)
                 total.add(usage)
                 timings.queued = max(timings.queued, event.queued_seconds)
                 timings.prompt = max(timings.prompt, event.prompt_seconds)
@@ -331,6 +352,42 @@ class Service:
         record.finish("cancelled" if cancelled else "completed", last_reason)
         yield Done(total, timings)
 
+    def warm(self, gen: Generation, client_gone: ClientGone | None = None) -> WarmResult:
+        """Run a prefill-only generation (POST /api/cache/warm) to its end: what the cache now holds of the prompt,
+        and how long it took."""
+        record = gen.record
+        try:
+            for item in poll(lambda timeout: gen.run.events.get(timeout=timeout), client_gone, self.keepalive_seconds):
+                if item is KEEPALIVE or item is TICK:
+                    continue
+                _, event = item
+                if isinstance(event, Started):
+                    record.started(event.prompt_tokens, event.cached_tokens, None)
+                elif isinstance(event, Prefilled):
+                    record.prompt_progress(event.done)
+                elif isinstance(event, Finished):
+                    error = event.error or gen.failure
+                    if error is None and event.reason == "cancelled":
+                        error = GatewayError(ErrorKind.INVALID_REQUEST, "The cache warm was cancelled.")
+                    if error is not None:
+                        record.finish("failed", error=error.message)
+                        raise error
+                    record.finish("completed", "length")
+                    return WarmResult(record.model, event.prompt_tokens, event.prompt_tokens, event.cached_tokens,
+                                      time.monotonic() - gen.started, event.persisted)
+        finally:
+            gen.close()
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "The client closed the connection before the cache was warm, "
+                                                      "so the warm was cancelled.")
+
+    def _check_deadline(self, gen: Generation) -> None:
+        """End a generation that has run past `request_timeout` (queueing and prompt included): its client gets
+        the family's timeout error, in-band once streaming."""
+        if self.request_timeout and gen.failure is None and time.monotonic() - gen.started > self.request_timeout:
+            gen.fail(GatewayError(ErrorKind.TIMEOUT, f"The generation ran longer than this server's request_timeout "
+                                                     f"({self.request_timeout:g} s) and was stopped.",
+                                  details={"limit": self.request_timeout}))
+
     def complete(self, gen: Generation, client_gone: ClientGone | None = None) -> GenerationResult:
         """Run a generation to its end and gather it into one result (non-streaming responses)."""
         choices = {c.index: Choice(c.index) for c in gen.run.choices}
@@ -349,11 +406,6 @@ class Service:
         return GenerationResult([choices[i] for i in sorted(choices)], done.usage, done.timings)
 
 
-def _n_ctx(loaded: dict, name: str) -> int:
-    backend = loaded.get(name)
-    return backend.n_ctx if backend is not None else 0
-
-
 def _runner_facts(status) -> dict:
     """The engine's health as `/api/ps` shows it beside Ollama's fields (clients ignore keys they do not know)."""
     facts = {"kind": status.kind, "health": status.health, "pid": status.pid, "weight_repacking": status.repack,
@@ -362,4 +414,6 @@ def _runner_facts(status) -> dict:
         facts["last_crash"] = status.crashes[-1]["reason"]
     if status.note:
         facts["note"] = status.note
+    if status.endpoints:
+        facts["endpoints"] = status.endpoints
     return facts

@@ -117,6 +117,13 @@ class Record:
         if self._tracker.listener is not None:
             self._tracker.listener.started(self)
 
+    def prompt_counted(self, prompt_tokens: int, cached_tokens: int) -> None:
+        """The prompt's size as the engine reported it at the end of a choice: an upstream server that sends usage
+        only with its last chunk was started with what it knew then."""
+        with self._tracker.lock:
+            if self.finished_at is None:
+                self.prompt_tokens, self.cached_tokens = prompt_tokens, cached_tokens
+
     def prompt_progress(self, done: int) -> None:
         with self._tracker.lock:
             if self.finished_at is None:

@@ -25,6 +25,7 @@ class ErrorKind(str, Enum):
     OVERLOADED = "overloaded"
     RATE_LIMITED = "rate_limited"  # an API key over its limits: retry after `details["retry_after"]` seconds
     UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"  # a generation ran past `request_timeout` and was ended
     INTERNAL = "internal"
 
 
@@ -236,6 +237,7 @@ class InternalRequest:
     change: ModelChange | None = None
     response: ResponseThread | None = None  # the Responses API's stored conversations
     render: dict[str, Any] = field(default_factory=dict)
+    warm: bool = False  # POST /api/cache/warm: prefill the prompt into the prompt cache, generate nothing
 
 
 @dataclass
@@ -394,6 +396,7 @@ class ModelInfo:
     architecture: str = ""
     context_length: int = 0  # trained context
     max_model_len: int = 0  # the context this server gives it (loaded, or what it would get)
+    context_reason: str = ""  # why max_model_len has that size (trained length, memory...)
     parameter_count: int = 0
     parameter_size: str = ""  # "135M", "1.2B"
     quantization: str = ""  # "Q4_1"
@@ -434,6 +437,7 @@ class HealthResult:
     status: str
     models_loaded: list[str]
     gpu_offload: bool = False  # this build of llama.cpp can put layers on a GPU
+    devices: list[dict[str, Any]] = field(default_factory=list)  # what llama.cpp sees: name, type, memory
 
 
 @dataclass
@@ -460,6 +464,19 @@ class LoadResult:
 
     model: str
     action: Literal["load", "unload"]
+
+
+@dataclass
+class WarmResult:
+    """A prompt prefilled into the cache: its size, what of it the cache now holds (`reused`: what it held
+    already), how long it took, and whether it is in the persistent prompt cache (or being written there)."""
+
+    model: str
+    prompt_tokens: int
+    cached_tokens: int
+    reused_tokens: int
+    seconds: float
+    persisted: bool
 
 
 @dataclass
@@ -492,7 +509,7 @@ class Progress:
 
 
 Result = Union[GenerationResult, EmbeddingResult, ModelList, ModelInfo, HealthResult, RunningList, VersionResult,
-               TokenizeResult, DetokenizeResult, LoadResult, Progress, StoredResponse, Deleted]
+               TokenizeResult, DetokenizeResult, LoadResult, Progress, StoredResponse, Deleted, WarmResult]
 
 OutputEvent = Union[PromptStarted, TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone, Done, Progress]
 """What a stream renderer is fed: generation events, or a model change's progress."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from gateway.models.registry import ModelSpec
 from gateway.output import OutputPlan
-from gateway.types import InternalRequest, TokenizeResult
+from gateway.types import InternalRequest, TokenizeResult, TokenLogprob, ToolCallDelta
 
 
 @dataclass
@@ -27,9 +27,23 @@ class ChoicePlan:
     count_prompt: bool
 
 
+@dataclass
+class SplitPiece:
+    """Output an engine has already split into answer text, reasoning and tool-call fragments (an upstream server
+    parses its model's format itself): the output stage passes it through instead of reading markers. The local
+    engine sends raw `Piece`s instead. `calls` are fragments of this choice's calls, as the output stage sends
+    them (a call's first fragment carries its name; its id may be missing, and one is made up)."""
+
+    text: str = ""
+    thinking: str = ""
+    calls: list[ToolCallDelta] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+
+
 class GenerationRun(ABC):
-    """A submitted generation. Its events arrive on `events` as `(choice index, event)`; every choice ends
-    with one `Finished`. `close()` cancels whatever still runs; it is safe to call more than once."""
+    """A submitted generation. Its events arrive on `events` as `(choice index, event)`: `Started`, `Prefilled`,
+    `Piece` or `SplitPiece`, and every choice ends with one `Finished`. `close()` cancels whatever still runs; it
+    is safe to call more than once."""
 
     events: queue.SimpleQueue
     choices: list[ChoicePlan]
@@ -48,10 +62,10 @@ class GenerationRun(ABC):
 class BackendStatus:
     """What monitors show of a loaded model's engine: its geometry, load, and its health over time."""
 
-    kind: str  # "local" (a llama.cpp runner process); "upstream" later
+    kind: str  # "local" (a llama.cpp runner process), "upstream" (OpenAI-compatible servers elsewhere), "managed"
     n_ctx: int
-    parallel: int
-    health: str = "ok"  # ok | crashed (the next request starts a fresh engine)
+    parallel: int  # sequences decoded together; 0: no limit of ours (an upstream decides)
+    health: str = "ok"  # ok | crashed (the next request starts a fresh engine) | unavailable (no upstream URL)
     pid: int | None = None
     n_threads: int | None = None
     repack: bool | None = None
@@ -62,6 +76,9 @@ class BackendStatus:
     crashes: list[dict] = field(default_factory=list)  # {"at": epoch seconds, "reason": "signal SIGSEGV"}
     note: str | None = None  # e.g. why weight repacking was turned off
     capabilities: tuple[str, ...] = ("chat", "completion", "embedding", "tokenize")  # request kinds it serves
+    endpoints: list[dict] = field(default_factory=list)  # upstream URLs: {url, state, in_flight, last_error}
+    prompt_cache: dict | None = None  # the persistent prompt cache: entries, bytes, hits, misses... (None: off)
+    prompt_rules: dict[str, dict[str, int]] = field(default_factory=dict)  # rule → {applied, saved_chars}
 
 
 class Backend(ABC):
@@ -69,6 +86,7 @@ class Backend(ABC):
 
     name: str
     n_ctx: int
+    can_warm: bool = False  # generate() takes `InternalRequest.warm` (prefill only, into a prompt cache)
 
     @abstractmethod
     def generate(self, req: InternalRequest, spec: ModelSpec) -> GenerationRun:

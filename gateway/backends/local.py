@@ -10,7 +10,6 @@ once with repacking off (llama.cpp #20824 crashes exactly there), and the log an
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -18,6 +17,7 @@ from collections import deque
 from dataclasses import replace
 
 from gateway.backends.base import Backend, BackendStatus, ChoicePlan, GenerationRun
+from gateway.backends.context_size import fixed_bytes, kv_bytes
 from gateway.backends.prompts import PromptBuilder, check_token_ids, with_model_defaults
 from gateway.backends.runner_process import RunnerProcess, exit_reason
 from gateway.backends.structured import ModelStyle, OutputSetup, output_setup, shape_chat
@@ -28,7 +28,8 @@ from gateway.engine.llama import LlamaModel, LoadParams, supports_gpu_offload
 from gateway.engine.reasoning_budget import ReasoningBudget
 from gateway.models.gguf import read_metadata
 from gateway.models.registry import ModelSpec
-from gateway.types import ErrorKind, GatewayError, InternalRequest, TokenizeResult
+from gateway.prompt_rules import PromptRule, PromptRules
+from gateway.types import ErrorKind, GatewayError, InternalRequest, SamplingParams, TokenizeResult
 
 log = logging.getLogger("gateway.backends")
 
@@ -37,11 +38,10 @@ CRASHES_KEPT = 10
 
 
 def estimate_bytes(spec: ModelSpec, settings: ExecutorSettings) -> int:
-    """Weights (the file) plus the KV cache for the context it will get, plus logits for a full batch."""
+    """Weights (the file), logits for a full batch, and the KV cache for the context it will get (chosen by the
+    pool before this is asked)."""
     meta = read_metadata(spec.path)
-    n_ctx = settings.n_ctx or min(meta.context_length or 4096, 8192)
-    n_vocab = meta.array_lengths.get("tokenizer.ggml.tokens", 0)
-    return os.path.getsize(spec.path) + meta.kv_cache_bytes(n_ctx) + 4 * n_vocab * settings.n_batch
+    return fixed_bytes(spec, meta, settings) + kv_bytes(meta, settings.n_ctx or meta.context_length or 4096, settings)
 
 
 def vram_bytes(spec: ModelSpec, settings: ExecutorSettings, size: int) -> int:
@@ -71,9 +71,12 @@ class LocalRun(GenerationRun):
 
 
 class LocalBackend(Backend):
+    can_warm = True
     def __init__(self, spec: ModelSpec, settings: ExecutorSettings, context_overflow: str = "truncate",
-                 log_level: str = "info", load_timeout: float = 600.0):
+                 log_level: str = "info", load_timeout: float = 600.0, rules: list[PromptRule] | None = None):
         self.name = spec.name
+        self.rules = PromptRules(rules or [])  # agent noise stripped from system prompts, counted for this model
+        self.warms = 0  # prefill-only requests (POST /api/cache/warm)
         self._spec = spec
         self._settings = settings
         self._prompts = PromptBuilder(context_overflow)  # its templates die with this load of the model
@@ -156,7 +159,9 @@ class LocalBackend(Backend):
         if req.kind == "chat":
             if req.tools and req.tool_choice == "auto":  # a model too small to call tools unasked can be told to
                 req = replace(req, tool_choice=spec.tool_choice)
-            req = shape_chat(req, self.style)
+            req = shape_chat(replace(req, messages=self.rules.apply(req.messages)), self.style)
+        if req.warm:
+            return self._warm(req, spec, runner)
         prepared = self._prompts.prepare(req, spec, self.model, self.n_ctx)
         setup = output_setup(req, self.style, prepared.prompts[0].text if prepared.prompts else "")
         if req.constraint is not None and req.constraint.kind == "gbnf":
@@ -172,6 +177,7 @@ class LocalBackend(Backend):
                     job = make_job(req, sampling, prompt.tokens, prepared.window, j)
                     job.grammar, job.grammar_triggers = setup.grammar, setup.triggers
                     job.reasoning = self._reasoning_budget(req, setup)
+                    job.cache_prefix = self._cache_prefix(req, spec, prompt.tokens) if j == 0 else 0
                     check_fits(len(job.prompt), job.max_tokens, self.n_ctx)
                     index = p_index * req.n + j
                     run.handles.append(runner.submit(job, run.events, index))
@@ -181,6 +187,38 @@ class LocalBackend(Backend):
             raise
         run.max_tokens = run.handles[0].job.max_tokens
         return run
+
+    def _warm(self, req: InternalRequest, spec: ModelSpec, runner: RunnerProcess) -> GenerationRun:
+        """Prefill a prompt and keep it, generating nothing: a chat is rendered without the generation prompt (the
+        assistant's turn header), so that the requests that follow it, which add their own turn, start with all of
+        it. The whole prompt is offered to the persistent prompt cache."""
+        if req.kind == "chat":
+            req = replace(req, add_generation_prompt=False, continue_final_message=False)
+        elif len(req.prompts) != 1:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"A cache warm takes one prompt, got {len(req.prompts)}.",
+                               "prompt")
+        tokens = self._prompts.prepare(req, spec, self.model, self.n_ctx).prompts[0].tokens
+        check_fits(len(tokens), 0, self.n_ctx)
+        job = GenerationJob(prompt=tokens, sampling=SamplingParams(temperature=0), max_tokens=0,
+                            cache_prefix=len(tokens))
+        run = LocalRun(runner)
+        run.handles.append(runner.submit(job, run.events, 0))
+        run.choices.append(ChoicePlan(0, "", count_prompt=True))
+        self.warms += 1
+        return run
+
+    def _cache_prefix(self, req: InternalRequest, spec: ModelSpec, tokens: list[int]) -> int:
+        """How much of a prompt the persistent prompt cache should save: a chat's tokens up to the end of its first
+        message, which is its system prompt (with the tools the template puts there) wherever it has one. That is
+        the part agents and applications send unchanged with every conversation, so it is what pays to survive a
+        restart, and it is saved once, not again with every turn; a conversation's later turns are reused from
+        the KV cache while it runs. Prompts without a chat's structure are saved only when warmed."""
+        cache = self._settings.prompt_cache
+        if cache is None or not cache.dir or req.kind != "chat" or len(tokens) <= cache.min_tokens:
+            return 0
+        first = self._prompts.first_message(req, spec, self.model)
+        n = len(first) if first else 0
+        return n if n >= cache.min_tokens and tokens[:n] == first else 0
 
     def _reasoning_budget(self, req: InternalRequest, setup: OutputSetup) -> ReasoningBudget | None:
         markers = self.style.reasoning
@@ -205,6 +243,7 @@ class LocalBackend(Backend):
     def tokenize(self, req: InternalRequest, spec: ModelSpec) -> TokenizeResult:
         model = self.model
         if req.messages:
+            req = replace(req, messages=self.rules.apply(req.messages))
             tokens = self._prompts.render_chat(shape_chat(req, self.style), spec, model).tokens
         else:
             text = req.prompts[0] if req.prompts else ""
@@ -223,7 +262,12 @@ class LocalBackend(Backend):
             health="ok" if runner.alive else "crashed", pid=runner.pid,
             repack=(self._settings.load or LoadParams()).repack, busy=stats["busy"], waiting=stats["waiting"],
             kv_used=min(stats["kv_used"], self.n_ctx), restarts=self.restarts, crashes=list(self.crashes),
-            note=self.note)
+            note=self.note, prompt_cache=self._cache_stats(runner), prompt_rules=self.rules.counts())
+
+    def _cache_stats(self, runner: RunnerProcess) -> dict | None:
+        """The runner's persistent prompt cache numbers with the warms counted here (None: the cache is off)."""
+        stats = runner.cache_stats
+        return None if stats is None else {**stats, "warms": self.warms}
 
     def close(self) -> None:
         self._runner.close()

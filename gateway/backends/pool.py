@@ -12,6 +12,7 @@ tests use to exercise the policy without llama.cpp.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -20,15 +21,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.backends.base import Backend
+from gateway.backends.context_size import ContextChoice
 from gateway.engine.cpu import resolve_repack
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.llama import LoadParams, supports_gpu_offload
+from gateway.engine.llama import ContextParams, LoadParams, devices, supports_gpu_offload
 from gateway.models.registry import ModelSpec
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.pool")
 
 LoadFn = Callable[[ModelSpec, ExecutorSettings], Backend]
+ContextFn = Callable[[ModelSpec, ExecutorSettings, int], ContextChoice | None]  # n_ctx and why; None: as set
 EstimateFn = Callable[[ModelSpec, ExecutorSettings], int]
 VramFn = Callable[[ModelSpec, ExecutorSettings, int], int]
 REAP_WAIT_MAX = 3600.0  # seconds the reaper sleeps at most before looking again
@@ -57,6 +60,9 @@ class Loaded:
     in_use: int = 0
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float | None = None  # monotonic; None while in use or kept forever
+    context_reason: str = ""  # why its context has the size it has
+    file_id: tuple | None = None  # the weights file's (size, mtime) at load: a file copied over it is a new model
+    retired: bool = False  # its model changed: out of the pool, closed when its last request ends
 
     def expires_at_epoch(self) -> float | None:
         """When it will be unloaded if nothing else uses it (the clock starts when its last request ends)."""
@@ -86,14 +92,16 @@ class Lease:
 
 class ModelPool:
     def __init__(self, base: ExecutorSettings, settings: PoolSettings, load_fn: LoadFn, estimate_fn: EstimateFn,
-                 vram_fn: VramFn = lambda _spec, _settings, _size: 0):
+                 vram_fn: VramFn = lambda _spec, _settings, _size: 0, context_fn: ContextFn | None = None):
         self._base = base
+        self._context_fn = context_fn or (lambda _spec, _settings, _budget: None)
         self.settings = settings
         self._load_fn = load_fn
         self._estimate_fn = estimate_fn
         self._vram_fn = vram_fn
         self._loaded: dict[str, Loaded] = {}
         self._loading: dict[str, int] = {}  # name → estimated bytes, while a thread loads it
+        self._retiring: list[Loaded] = []  # replaced models still finishing requests (they still use memory)
         self._cond = threading.Condition()
         self._closed = False
         self._reaper = threading.Thread(target=self._reap, name="model-reaper", daemon=True)
@@ -148,12 +156,13 @@ class ModelPool:
             raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
         seconds = time.monotonic() - started
         status = backend.describe()
-        log.info("loaded %s in %.2fs (%s, pid %s, n_ctx %d, parallel %d, threads %s, weight repacking %s, ~%s)",
-                 spec.name, seconds, status.kind, status.pid, status.n_ctx, status.parallel, status.n_threads,
-                 "on" if status.repack else "off", _gib(size))
+        log.info("loaded %s in %.2fs (%s, pid %s, n_ctx %d: %s; parallel %d, threads %s, weight repacking %s, ~%s)",
+                 spec.name, seconds, status.kind, status.pid, status.n_ctx, settings.n_ctx_reason or "as set",
+                 status.parallel, status.n_threads, "on" if status.repack else "off", _gib(size))
         entry = Loaded(spec, backend, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
                        keep_alive=self.settings.keep_alive if spec.keep_alive is None else spec.keep_alive,
-                       size_vram=self._vram_fn(spec, settings, size), in_use=1)
+                       size_vram=self._vram_fn(spec, settings, size), in_use=1,
+                       context_reason=settings.n_ctx_reason, file_id=_file_id(spec))
         with self._cond:
             del self._loading[spec.name]
             self._loaded[spec.name] = entry
@@ -168,7 +177,7 @@ class ModelPool:
                                f"The model `{spec.name}` needs about {_gib(size)} but the memory budget is "
                                f"{_gib(budget)}.")
         kept = list(self._loaded.values())
-        used = sum(e.size for e in kept) + sum(self._loading.values())
+        used = sum(e.size for e in kept + self._retiring) + sum(self._loading.values())
         count = len(kept) + len(self._loading)
         victims: list[Loaded] = []
         idle = sorted((e for e in kept if not e.in_use and not e.pinned), key=lambda e: e.last_used)
@@ -189,16 +198,20 @@ class ModelPool:
             entry.last_used = time.monotonic()
             if keep_alive is not None:
                 entry.keep_alive = keep_alive
-            if entry.in_use or entry.pinned:
+            if entry.in_use or (entry.pinned and not entry.retired):
                 return
-            unload_now = entry.keep_alive == 0 and self._loaded.get(entry.spec.name) is entry
-            if unload_now:
-                del self._loaded[entry.spec.name]
+            if entry.retired:
+                self._retiring.remove(entry)
+                unload_now, why = True, "its model changed"
             else:
-                entry.expires_at = None if entry.keep_alive < 0 else entry.last_used + entry.keep_alive
+                unload_now, why = entry.keep_alive == 0 and self._loaded.get(entry.spec.name) is entry, "keep_alive 0"
+                if unload_now:
+                    del self._loaded[entry.spec.name]
+                else:
+                    entry.expires_at = None if entry.keep_alive < 0 else entry.last_used + entry.keep_alive
             self._cond.notify_all()
         if unload_now:
-            self._close(entry, "keep_alive 0")
+            self._close(entry, why)
 
     # -- management ------------------------------------------------------------------------------------------
 
@@ -217,6 +230,27 @@ class ModelPool:
         self._close(entry, "unload requested")
         return True
 
+    def retire_changed(self, current: Callable[[str], ModelSpec | None]) -> list[str]:
+        """After the registry changed (a config reload, a model created, copied or pulled over a name): each
+        loaded model whose spec or weights file is no longer what `current(name)` says leaves the pool, so the
+        next request loads the new one, and is unloaded once its own requests finish. Returns their names."""
+        changed: list[Loaded] = []
+        with self._cond:
+            for name, entry in list(self._loaded.items()):
+                spec = current(name)
+                if spec is not None and spec == entry.spec and _file_id(spec) == entry.file_id:
+                    continue
+                del self._loaded[name]
+                entry.retired = True
+                changed.append(entry)
+                if entry.in_use:
+                    self._retiring.append(entry)
+            self._cond.notify_all()
+        for entry in changed:
+            if not entry.in_use:
+                self._close(entry, "its model changed")
+        return [e.spec.name for e in changed]
+
     def preload(self, spec: ModelSpec) -> None:
         self.acquire(spec).release()
 
@@ -230,7 +264,7 @@ class ModelPool:
 
     def view(self) -> list[dict]:
         """Each loaded model as monitors show it: context, sequences in use, KV cells used, keep-alive left, and
-        its engine's health (pid, restarts, crashes)."""
+        its engine's health (pid, restarts, crashes; an upstream's URLs with their circuits)."""
         now = time.time()
         out = []
         for entry in self.running():
@@ -243,18 +277,34 @@ class ModelPool:
                         "load_seconds": entry.load_seconds, "backend": status.kind, "health": status.health,
                         "pid": status.pid, "repack": status.repack, "restarts": status.restarts,
                         "crashes": len(status.crashes),
-                        "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note})
+                        "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note,
+                        "context_reason": entry.context_reason, "endpoints": status.endpoints,
+                        "prompt_cache": status.prompt_cache, "prompt_rules": status.prompt_rules})
         return out
 
     def gpu_offload(self) -> bool:
         """Whether the engine can offload layers to a GPU at all (a CPU-only build cannot)."""
         return supports_gpu_offload()
 
+    def devices(self) -> list[dict]:
+        """The devices llama.cpp sees (GPUs first as ggml lists them, then the CPU), for `/health`."""
+        return [dataclasses.asdict(d) for d in devices()]
+
+    def compute_summary(self) -> str:
+        """One line for the dashboard: whether this build offloads, and to which devices."""
+        if not supports_gpu_offload():
+            return "CPU only: this llama.cpp build cannot offload to a GPU"
+        gpus = [d for d in devices() if d.type != "cpu"]
+        if not gpus:
+            return "GPU offload built in, but llama.cpp sees no GPU"
+        return "GPU offload: " + ", ".join(f"{d.name} ({d.description}, {_gib(d.memory_total)})" for d in gpus)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            entries = list(self._loaded.values())
+            entries = list(self._loaded.values()) + self._retiring
             self._loaded.clear()
+            self._retiring = []
             self._cond.notify_all()
         for entry in entries:
             entry.backend.close()
@@ -286,20 +336,41 @@ class ModelPool:
         log.info("unloading %s (%s)", entry.spec.name, why)
         entry.backend.close()
 
+    def context_for(self, spec: ModelSpec) -> tuple[int, str]:
+        """The context `spec` has if loaded, else the one it would get, and why (0 and '' if unknown)."""
+        with self._cond:
+            entry = self._loaded.get(spec.name)
+        if entry is not None:
+            return entry.backend.n_ctx, entry.context_reason
+        settings = self._settings_for(spec, {})
+        return settings.n_ctx or 0, settings.n_ctx_reason
+
     def _settings_for(self, spec: ModelSpec, options: dict[str, int]) -> ExecutorSettings:
+        """The server's engine settings with the model's own on top (discovered and store models get the
+        server's), then the context sized for them."""
         base = self._base
-        return ExecutorSettings(
+        server_load = base.load or LoadParams()
+        settings = ExecutorSettings(
             parallel=spec.parallel or base.parallel,
             n_ctx=spec.n_ctx or base.n_ctx,
-            n_batch=base.n_batch,
+            n_batch=spec.n_batch or base.n_batch,
             prefill_chunk=base.prefill_chunk,
             # a client's num_thread applies only when its request loads the model: never beyond this machine
             n_threads=spec.n_threads or min(options.get("n_threads") or 0, os.cpu_count() or 1) or base.n_threads,
             max_queue=base.max_queue,
             load=LoadParams(n_gpu_layers=_gpu_layers(options, spec, base.load), split_mode=spec.split_mode,
-                            main_gpu=spec.main_gpu, tensor_split=spec.tensor_split,
+                            main_gpu=spec.main_gpu, tensor_split=spec.tensor_split or server_load.tensor_split,
                             repack=resolve_repack(spec.repack)),
+            context=ContextParams(flash_attn=spec.flash_attn or base.context.flash_attn,
+                                  cache_type_k=spec.cache_type_k or base.context.cache_type_k,
+                                  cache_type_v=spec.cache_type_v or base.context.cache_type_v,
+                                  lora=tuple(spec.lora)),
+            prompt_cache=base.prompt_cache,
         )
+        choice = self._context_fn(spec, settings, self.settings.memory_budget)
+        if choice is not None:
+            settings.n_ctx, settings.n_ctx_reason = choice.n_ctx, choice.reason
+        return settings
 
 
 def _gpu_layers(options: dict[str, int], spec: ModelSpec, server: LoadParams | None) -> int:
@@ -311,6 +382,15 @@ def _gpu_layers(options: dict[str, int], spec: ModelSpec, server: LoadParams | N
     if "n_gpu_layers" in options:
         return max(-1, options["n_gpu_layers"])
     return spec.n_gpu_layers if spec.n_gpu_layers is not None else (server.n_gpu_layers if server else 0)
+
+
+def _file_id(spec: ModelSpec) -> tuple | None:
+    """What tells a weights file from one copied over it: size and modification time (None: no local file)."""
+    try:
+        stat = os.stat(spec.path) if spec.path else None
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if stat else None
 
 
 def _gib(n: int) -> str:

@@ -73,6 +73,19 @@ class PromptBuilder:
                                                                      text.startswith(model.bos_text))
         return Prompt(text, model.tokenize(text, add_bos, True))
 
+    def first_message(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel) -> list[int] | None:
+        """The tokens of a chat's first message alone (the system prompt, where there is one), rendered as the
+        start of the whole chat: None for a chat of one message, or where the template will not render the first
+        message on its own (some insist on a user turn)."""
+        messages = with_default_system(req.messages, spec)
+        if len(messages) < 2:
+            return None
+        try:
+            return self.render_chat(replace(req, add_generation_prompt=False, continue_final_message=False), spec,
+                                    model, messages[:1]).tokens
+        except GatewayError:
+            return None
+
     def _chat(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel, window: int) -> PreparedPrompts:
         if any(m.images for m in req.messages) and not spec.projector:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"The model `{spec.name}` does not accept images.",

@@ -61,6 +61,7 @@ class RunnerProcess:
         self._stopping = False
         self.decoded = False  # a token came back: the runner survived its first decode
         self.kv_used = 0
+        self.cache_stats: dict | None = None  # the persistent prompt cache's numbers, as the runner last sent them
         self.exitcode: int | None = None
         context = multiprocessing.get_context("spawn")  # never fork a process that runs llama.cpp or gunicorn
         self._conn, child_end = context.Pipe()
@@ -69,6 +70,7 @@ class RunnerProcess:
         self.process.start()
         child_end.close()
         self.facts = self._wait_ready(load_timeout)
+        self.cache_stats = self.facts.get("prompt_cache")
         self.pid = self.process.pid
         self._reader = threading.Thread(target=self._read, name=f"runner-reader-{name}", daemon=True)
         self._reader.start()
@@ -204,6 +206,8 @@ class RunnerProcess:
             if message[0] == "events":
                 self._route(message[1])
                 self.kv_used = message[2]
+            elif message[0] == "cache":
+                self.cache_stats = message[1]
             elif message[0] == "embedded":
                 with self._lock:
                     reply = self._embeds.pop(message[1], None)

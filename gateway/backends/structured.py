@@ -63,7 +63,7 @@ def shape_chat(req: InternalRequest, style: ModelStyle) -> InternalRequest:
     and the reasoning switch."""
     fmt = style.chat
     offer = req.tools if req.tool_choice != "none" else []
-    messages = _with_call_ids(_merge_system(req.messages), fmt.id_length)
+    messages = with_call_ids(_merge_system(req.messages), fmt.id_length)
     if not fmt.native_tools:
         messages = _tools_as_text(messages, fmt)
         if offer:
@@ -91,7 +91,7 @@ def _prepend_system(messages: list[Message], text: str) -> list[Message]:
     return [Message("system", text), *messages]
 
 
-def _with_call_ids(messages: list[Message], id_length: int | None) -> list[Message]:
+def with_call_ids(messages: list[Message], id_length: int | None) -> list[Message]:
     """Calls without ids get one, results without a `tool_call_id` answer the oldest open call, and ids take
     the form the template requires (Mistral's: exactly 9 letters and digits, derived so a call and its result
     keep matching)."""

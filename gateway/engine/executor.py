@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import llama_cpp
@@ -29,14 +29,17 @@ from gateway.engine.jobs import (
     check_fits,
     check_queue,
 )
-from gateway.engine.llama import LlamaModel, LoadParams, new_context, physical_cores
+from gateway.engine.llama import ContextParams, LlamaModel, LoadParams, new_context, physical_cores
 from gateway.engine.logprobs import token_logprobs
-from gateway.engine.prefix_cache import find_leader, held_prefixes, reuse_prefix
+from gateway.engine.prefix_cache import common_prefix, find_leader, held_prefixes, reuse_prefix
+from gateway.engine.prompt_store import PromptCacheSettings, PromptStore
 from gateway.engine.sampling import GrammarCache, SamplerChain, SamplingDefaults
 from gateway.engine.sequence import Sequence
 from gateway.types import ErrorKind, GatewayError, SamplingParams
 
 log = logging.getLogger("gateway.engine")
+
+RESTORE_MIN_GAIN = 64  # a saved prefix is read from disk only if it covers this many tokens more than memory does
 
 
 @dataclass
@@ -48,6 +51,9 @@ class ExecutorSettings:
     n_threads: int | None = None
     max_queue: int = 64
     load: LoadParams | None = None
+    context: ContextParams = field(default_factory=ContextParams)  # attention, KV types, LoRA (generation only)
+    n_ctx_reason: str = ""  # why n_ctx has its size (the pool's choice), for the log and monitors
+    prompt_cache: PromptCacheSettings | None = None  # the persistent prompt cache (gateway/engine/prompt_store.py)
 
 
 class Executor:
@@ -65,7 +71,8 @@ class Executor:
         self.n_batch = max(settings.n_batch, self.parallel)
         self.defaults = SamplingDefaults()
         self.embedding_window = min(self.model.n_ctx_train or 2048, 2048)  # tokens one embedding input may have
-        self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads)
+        self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads,
+                                extra=settings.context)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._embedder = Embedder(self.model, self.embedding_window, self.n_threads)
@@ -73,6 +80,8 @@ class Executor:
         self._slots = [Sequence(i) for i in range(self.parallel)]
         self._waiting: deque[JobHandle] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._store = self._open_store(settings.prompt_cache)
+        self._store_sent = -1  # the store's stats version last reported by `cache_stats`
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
         self._submitted = 0
         self._ended = 0  # jobs that have left (finished, cancelled, failed); written by the loop thread only
@@ -130,6 +139,27 @@ class Executor:
     def embed_into(self, inputs: list[list[int]], reply) -> None:
         """Queue an embedding; the loop thread later calls `reply.put` with the vectors or the exception."""
         self._inbox.put(("embed", (inputs, reply)))
+
+    def _open_store(self, settings: PromptCacheSettings | None) -> PromptStore | None:
+        if settings is None or not settings.dir:
+            return None
+        model = self.model.ptr
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        n_embd_kv = self.model.n_embd * llama_cpp.llama_model_n_head_kv(model) // n_head
+        per_token = 4 * llama_cpp.llama_model_n_layer(model) * n_embd_kv + 16  # f16 K and V, and the cell's facts
+        try:
+            return PromptStore(settings, self.model.path, per_token, wake=lambda: self._inbox.put(("wake", None)))
+        except OSError as exc:  # a folder that cannot be created or read: serve without it
+            log.warning("prompt cache off for %s: %s", self.name, exc)
+            return None
+
+    def cache_stats(self, changed_only: bool = True) -> dict | None:
+        """The persistent prompt cache's numbers (None without one, or when unchanged since the last call)."""
+        store = self._store
+        if store is None or (changed_only and store.version == self._store_sent):
+            return None
+        self._store_sent = store.version
+        return store.stats()
 
     def kv_used(self) -> int:
         """KV cells the sequences hold; a runner sends it with every step's events."""
@@ -254,9 +284,36 @@ class Executor:
         seq.leader = seq.leader_handle = None
         if held is None:
             held = held_prefixes(self._slots, prompt)
+        if self._store is not None:
+            held[seq] = self._restore(seq, prompt, max(held.values(), default=0))
         seq.cached = reuse_prefix(self._mem, seq, held, prompt)
         seq.pending = prompt[seq.cached:]
+        self._plan_save(seq)
         seq.handle.emit(Started(len(prompt), seq.cached))
+
+    def _restore(self, seq: Sequence, prompt: list[int], have: int) -> int:
+        """Load a saved prefix of `prompt` into `seq` when it covers more than the KV cache holds; returns what
+        `seq` now holds of the prompt."""
+        n = self._store.restore(self._ctx, seq.seq_id, prompt, have, RESTORE_MIN_GAIN)
+        if n:
+            seq.tokens = prompt[:n]
+        elif llama_cpp.llama_memory_seq_pos_max(self._mem, seq.seq_id) < 0:  # llama.cpp refused a state
+            seq.tokens = []
+        return common_prefix(seq.tokens, prompt)
+
+    def _plan_save(self, seq: Sequence) -> None:
+        """Decide whether the prefill will save the job's `cache_prefix` to disk (it stops a chunk exactly there
+        and copies the state after that step)."""
+        job = seq.handle.job
+        n = min(job.cache_prefix, len(job.prompt))
+        if self._store is None or n <= 0:
+            return
+        prefix = job.prompt[:n]
+        if not self._store.wanted(prefix):
+            seq.persisted = self._store.has(prefix)
+        elif seq.cached < n:
+            seq.save_at = n
+            self._store.plan(n)
 
     def _step(self) -> None:
         """Build one batch (a token per generating sequence, then prompt chunks), decode it, sample, emit."""
@@ -282,6 +339,8 @@ class Executor:
             # A followed leader holds back its last prompt token, so that it and its followers compute their
             # first tokens in the same step, from the same shared cells.
             take = min(budget, len(slot.pending) - 1) if slot in followed else budget
+            if slot.save_at > len(slot.tokens):  # end a chunk where the prefix to save ends
+                take = min(take, slot.save_at - len(slot.tokens))
             if take <= 0:
                 continue
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
@@ -300,6 +359,9 @@ class Executor:
             self._decode_failed(rc, active)
             return
         for slot in prefilled:
+            if slot.save_at and slot.save_at == len(slot.tokens):
+                slot.save_at = 0
+                slot.persisted = self._store.save(self._ctx, slot.seq_id, slot.tokens)
             if slot.pending:
                 slot.handle.emit(Prefilled(len(slot.tokens)))
         for slot, row in outputs:
@@ -334,6 +396,9 @@ class Executor:
             self._finish(slot, "error", err)
 
     def _sample(self, slot: Sequence, row: int) -> None:
+        if slot.handle.job.max_tokens == 0:  # a prefill-only job (warming the prompt cache) ends here
+            self._finish(slot, "length")
+            return
         sampler = slot.current_sampler()
         forced = slot.budget.next_forced() if slot.budget is not None else None
         try:
@@ -381,7 +446,7 @@ class Executor:
             reason=reason, prompt_tokens=len(handle.job.prompt), cached_tokens=slot.cached,
             completion_tokens=slot.generated, stop_sequence=slot.text.matched_stop,
             queued_seconds=slot.started_at - handle.submitted_at, prompt_seconds=first - slot.started_at,
-            generation_seconds=now - first, error=error))
+            generation_seconds=now - first, error=error, persisted=slot.persisted))
         slot.release(now)
 
     def _end(self, handle: JobHandle, finished: Finished) -> None:
@@ -414,4 +479,6 @@ class Executor:
         llama_cpp.llama_free(self._ctx)
         self._embedder.free()
         self._grammars.free()
+        if self._store is not None:
+            self._store.close()
         self.model.free()

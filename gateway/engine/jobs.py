@@ -25,6 +25,7 @@ class GenerationJob:
     grammar: str | None = None  # GBNF with a `root` rule: what the output must match
     grammar_triggers: tuple[str, ...] = ()  # regexes: the grammar applies only once one matches (lazy)
     reasoning: ReasoningBudget | None = None  # end reasoning after a number of tokens
+    cache_prefix: int = 0  # tokens of the prompt worth saving in the persistent prompt cache (0: none)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Finished:
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
     error: GatewayError | None = None
+    persisted: bool = False  # the job's `cache_prefix` is in the persistent prompt cache (or being written)
 
 
 EngineEvent = Union[Started, Prefilled, Piece, Finished]

@@ -18,6 +18,12 @@ import llama_cpp
 log = logging.getLogger("gateway.engine")
 
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
+FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+# KV cache element types llama-server accepts (--cache-type-k/-v): ggml type id and bytes per element.
+CACHE_TYPES = {"f32": (0, 4.0), "f16": (1, 2.0), "bf16": (30, 2.0), "q8_0": (8, 34 / 32), "q4_0": (2, 18 / 32),
+               "q4_1": (3, 20 / 32), "q5_0": (6, 22 / 32), "q5_1": (7, 24 / 32), "iq4_nl": (20, 18 / 32)}
+DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -71,6 +77,65 @@ def supports_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+@dataclass(frozen=True)
+class Device:
+    """A device llama.cpp can compute on, as ggml's backend registry lists it."""
+
+    name: str
+    description: str
+    type: str  # cpu, gpu, igpu, accel
+    memory_free: int
+    memory_total: int
+
+
+def devices() -> list[Device]:
+    """Every device this build of llama.cpp sees (CUDA GPUs, Metal, Vulkan..., and the CPU). The Python bindings
+    do not wrap ggml's device registry, so it is read from libggml directly."""
+    init_backend()
+    lib = _ggml()
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(Device((lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                          (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                          DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "other"), free.value, total.value))
+    return out
+
+
+_ggml_lib = None
+
+
+def _ggml():
+    global _ggml_lib
+    if _ggml_lib is None:
+        base = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+        names = [n for n in ("libggml.so", "libggml.dylib", "ggml.dll") if os.path.exists(os.path.join(base, n))]
+        lib = ctypes.CDLL(os.path.join(base, names[0]) if names else "libggml.so")
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+            fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_char_p
+        lib.ggml_backend_dev_type.argtypes, lib.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                                ctypes.POINTER(ctypes.c_size_t)]
+        _ggml_lib = lib
+    return _ggml_lib
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """How a model's decoding context is built: attention kernel, KV cache element types and LoRA adapters
+    (file, scale). Fixed for the life of the loaded model, like `LoadParams`."""
+
+    flash_attn: str = "auto"  # auto, on, off
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    lora: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class LoadParams:
     """How a model is loaded; fixed for the life of the loaded model (requests never change these)."""
@@ -112,6 +177,7 @@ class LlamaModel:
         if not self.ptr:
             raise RuntimeError(f"llama.cpp could not load the model file {path}")
         self.path = path
+        self._lora: dict[str, object] = {}
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.ptr)
@@ -167,15 +233,30 @@ class LlamaModel:
         raw = llama_cpp.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
+    def apply_lora(self, ctx, adapters: tuple[tuple[str, float], ...]) -> None:
+        """Load each adapter once per model (llama.cpp frees them with the model) and set them on `ctx`."""
+        loaded = []
+        for path, _scale in adapters:
+            if path not in self._lora:
+                ptr = llama_cpp.llama_adapter_lora_init(self.ptr, path.encode())
+                if not ptr:
+                    raise RuntimeError(f"llama.cpp could not load the LoRA adapter {path} for {self.path}")
+                self._lora[path] = ptr
+            loaded.append(self._lora[path])
+        arr = (llama_cpp.llama_adapter_lora_p_ctypes * len(loaded))(*loaded)
+        scales = (ctypes.c_float * len(loaded))(*(scale for _path, scale in adapters))
+        if llama_cpp.llama_set_adapters_lora(ctx, arr, len(loaded), scales) != 0:
+            raise RuntimeError(f"llama.cpp refused the LoRA adapters for {self.path}")
+
     def free(self) -> None:
         if self.ptr:
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
 
 
-def new_context(model: LlamaModel, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int,
-                embeddings: bool = False, pooling: int = -1):
-    """A llama context; the caller's thread becomes its only user."""
+def context_params(n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int, embeddings: bool = False,
+                   pooling: int = -1, extra: ContextParams = ContextParams()):
+    """llama.cpp's context parameters (a seam that tests read on this CPU-only machine)."""
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx = n_ctx
     cp.n_batch = n_batch
@@ -187,7 +268,19 @@ def new_context(model: LlamaModel, n_ctx: int, n_batch: int, n_seq_max: int, n_t
     cp.no_perf = True
     cp.embeddings = embeddings
     cp.pooling_type = pooling
+    cp.flash_attn_type = FLASH_ATTN[extra.flash_attn]
+    cp.type_k = CACHE_TYPES[extra.cache_type_k][0]
+    cp.type_v = CACHE_TYPES[extra.cache_type_v][0]
+    return cp
+
+
+def new_context(model: LlamaModel, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int,
+                embeddings: bool = False, pooling: int = -1, extra: ContextParams = ContextParams()):
+    """A llama context with `extra`'s LoRA adapters applied; the caller's thread becomes its only user."""
+    cp = context_params(n_ctx, n_batch, n_seq_max, n_threads, embeddings, pooling, extra)
     ctx = llama_cpp.llama_init_from_model(model.ptr, cp)
     if not ctx:
         raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens for {model.path}")
+    if extra.lora:
+        model.apply_lora(ctx, extra.lora)
     return ctx

@@ -8,7 +8,8 @@ send per step, not one per token.
 
 Messages, parent → runner: ("submit", job_id, GenerationJob), ("cancel", job_id), ("embed", reply_id,
 token lists), ("stop",). Runner → parent: ("ready", facts), ("load_failed", text), ("events", [(job_id,
-event)...], kv_used), ("embedded", reply_id, vectors or GatewayError).
+event)...], kv_used), ("embedded", reply_id, vectors or GatewayError), ("cache", the persistent prompt
+cache's stats) after a step that changed them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 from multiprocessing.connection import Connection
+from typing import Callable
 
 from gateway.engine.executor import Executor, ExecutorSettings
 from gateway.engine.jobs import EngineEvent, Finished, JobHandle
@@ -39,6 +41,7 @@ class Outbox:
         self._conn = conn
         self._items: list[tuple[int, EngineEvent]] = []
         self.kv_used = lambda: 0
+        self.cache_stats: Callable[[], dict | None] = lambda: None  # None: unchanged since last sent
         self.jobs: dict[int, JobHandle] = {}
 
     def put(self, item: tuple[int, EngineEvent]) -> None:
@@ -51,6 +54,9 @@ class Outbox:
                 if isinstance(event, Finished):
                     self.jobs.pop(job_id, None)
             self.send(("events", items, self.kv_used()))
+        stats = self.cache_stats()
+        if stats is not None:
+            self.send(("cache", stats))
 
     def send(self, message: tuple) -> None:
         self._conn.send(message)
@@ -82,9 +88,11 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
         conn.send(("load_failed", str(exc)))
         return
     outbox.kv_used = executor.kv_used
+    outbox.cache_stats = executor.cache_stats
     conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                          "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
-                         "repack": (settings.load or LoadParams()).repack}))
+                         "repack": (settings.load or LoadParams()).repack,
+                         "prompt_cache": executor.cache_stats(changed_only=False)}))
     status = 0
     try:
         status = serve(conn, executor, outbox)

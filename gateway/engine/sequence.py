@@ -25,6 +25,8 @@ class Sequence:
         self.leader: Sequence | None = None
         self.leader_handle: JobHandle | None = None
         self.follow_until = 0  # the leader's cache must hold this many tokens before this sequence copies them
+        self.save_at = 0  # the persistent prompt cache saves the cache once it holds this many tokens (0: never)
+        self.persisted = False  # the job's `cache_prefix` is saved, or being saved
         self.mark: tuple[int, list[int]] = (0, [])  # tokens/pending before the current step, to roll back
 
     def begin(self, handle: JobHandle, sampler: SamplerChain, early_sampler: SamplerChain | None = None) -> None:
@@ -34,6 +36,8 @@ class Sequence:
         self.early_sampler = early_sampler
         self.pending = []
         self.cached = 0
+        self.save_at = 0
+        self.persisted = False
         self.text = TextStream(handle.job.stop, handle.job.sampling.include_stop_str)
         self.budget = BudgetTracker(handle.job.reasoning) if handle.job.reasoning else None
         self.next_token = None

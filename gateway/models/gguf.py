@@ -136,9 +136,9 @@ class GGUFMetadata:
     def parameter_size(self) -> str:
         return format_parameter_size(self.parameter_count)
 
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """F16 K and V for `n_ctx` cells over every layer: with the weights, what a loaded model costs, so the
-        pool can refuse or make room before loading rather than after."""
+    def kv_cache_bytes(self, n_ctx: int, k_bytes: float = 2.0, v_bytes: float = 2.0) -> int:
+        """K and V (F16 unless the element sizes say otherwise) for `n_ctx` cells over every layer: with the
+        weights, what a loaded model costs, so the pool can refuse or make room before loading rather than after."""
         arch = self.architecture
         n_layer = int(self.kv.get(f"{arch}.block_count", 0))
         n_embd = int(self.kv.get(f"{arch}.embedding_length", 0))
@@ -146,7 +146,7 @@ class GGUFMetadata:
         n_head_kv = _largest(self.kv.get(f"{arch}.attention.head_count_kv", n_head)) or n_head
         key = int(self.kv.get(f"{arch}.attention.key_length", n_embd // n_head))
         value = int(self.kv.get(f"{arch}.attention.value_length", n_embd // n_head))
-        return n_ctx * n_layer * n_head_kv * (key + value) * 2
+        return int(n_ctx * n_layer * n_head_kv * (key * k_bytes + value * v_bytes))
 
 
 def _largest(value: Any) -> int:

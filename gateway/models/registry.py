@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
+import json
 import logging
 import math
 import os
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.chat_formats import FORMATS, reasoning_markers
+from gateway.engine_options import CACHE_TYPES, FLASH_ATTN_MODES, MAX_DEVICES, QUANTIZED_CACHE_TYPES, SPLIT_MODES
 from gateway.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from gateway.models.gguf import GGUFError, GGUFMetadata, read_metadata
+from gateway.models.managed_config import MANAGED_KEYS, ManagedConfig, parse_managed
 from gateway.models.ollama_store import OllamaStore
+from gateway.models.upstream_config import UpstreamConfig, parse_upstream
 from gateway.types import MODEL_PARAMETERS, ErrorKind, GatewayError, ModelInfo, parse_duration
 
 log = logging.getLogger(__name__)
 
-SPLIT_MODES = ("none", "layer", "row")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -36,7 +39,7 @@ class ModelSpec:
     """How to load one model; the engine reads the llama.cpp settings, the service reads the name."""
 
     name: str
-    path: str
+    path: str = ""  # the GGUF file; empty for a model served elsewhere (`backend: upstream`)
     aliases: list[str] = field(default_factory=list)
     parallel: int | None = None
     n_ctx: int | None = None
@@ -45,6 +48,11 @@ class ModelSpec:
     main_gpu: int = 0
     tensor_split: list[float] | None = None
     n_threads: int | None = None
+    n_batch: int | None = None  # most tokens in one decode step; None: the server's n_batch
+    flash_attn: str | None = None  # auto, on, off; None: the server's flash_attn
+    cache_type_k: str | None = None  # KV cache element types (CACHE_TYPES); None: the server's
+    cache_type_v: str | None = None
+    lora: list[tuple[str, float]] = field(default_factory=list)  # LoRA adapters (file, scale) on generation
     repack: bool | None = None  # repack weights for the CPU; None: yes, unless the CPU has AMX (engine/cpu.py)
     keep_alive: float | None = None  # seconds idle before unloading; None: the server's keep_alive
     pinned: bool = False
@@ -57,9 +65,10 @@ class ModelSpec:
     tool_choice: str = "auto"  # what a request with tools and tool_choice `auto` gets: auto, or required
     source: str = "config"  # config, folder, ollama, embedded
     embedded: bool = False
+    backend: str = "local"  # local (llama.cpp in a runner process), upstream (OpenAI-compatible servers) or managed
+    upstream: UpstreamConfig | None = None  # where an upstream model is served
+    managed: ManagedConfig | None = None  # the engine server the gateway starts for a `backend: managed` model
 
-
-MAX_DEVICES = 16  # llama.cpp's LLAMA_MAX_DEVICES: the most GPUs a tensor_split can name
 
 # key → (accepted types, may be None); bool is excluded from int explicitly in _check_type.
 _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
@@ -73,6 +82,11 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "main_gpu": (int, False),
     "tensor_split": (list, True),
     "n_threads": (int, True),
+    "n_batch": (int, True),
+    "flash_attn": (str, True),
+    "cache_type_k": (str, True),
+    "cache_type_v": (str, True),
+    "lora": (list, True),
     "repack": (bool, True),
     "keep_alive": ((int, float, str), True),
     "pinned": (bool, False),
@@ -80,7 +94,23 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "parameters": (dict, False),
     "chat_format": (str, True),
     "tool_choice": (str, False),
+    "backend": (str, False),
+    "upstream": ((str, list, dict), False),
 }
+
+BACKENDS = ("local", "upstream", "managed")
+UPSTREAM_ENTRY_KEYS = ("name", "backend", "upstream", "aliases", "n_ctx", "keep_alive", "pinned", "system",
+                       "parameters")
+"""What an upstream model's entry may set: no GGUF file, so none of the llama.cpp load settings apply."""
+RPC_REFUSAL = ("this gateway's llama.cpp cannot use RPC servers: llama-cpp-python 0.3.36 has no `rpc_servers` in "
+               "its model parameters (llama.cpp now adds RPC servers as devices), and its build has no GGML_RPC. "
+               "To split one model across machines, run llama-server with `--rpc` as a `backend: managed` model "
+               "(`engine: llama-server`, `args: {rpc: [host:50052, ...]}`); README.adoc, \"When one machine is "
+               "not enough\"")
+"""Why the `rpc_servers` key of llama-cpp-python's server settings is refused here rather than ignored."""
+MANAGED_ENTRY_KEYS = ("name", "backend", "aliases", "n_ctx", "keep_alive", "pinned", "system", "parameters",
+                      *MANAGED_KEYS)
+"""What a managed model's entry may set: the shared keys of a model served elsewhere, and its server's."""
 
 
 @dataclass(frozen=True)
@@ -98,22 +128,39 @@ class ModelRegistry:
     the catalog from the same sources after the model store changed (pull, create, copy, delete)."""
 
     def __init__(self, models_dirs: list[str], entries: list[dict[str, Any]], aliases: dict[str, str],
-                 include_embedded: bool = True, ollama_root: str | None = None):
+                 include_embedded: bool = True, ollama_root: str | None = None, default_model: str = ""):
         self._sources = (list(models_dirs), list(entries), dict(aliases), include_embedded, ollama_root)
+        self.default_model = default_model
         self.ollama_root = ollama_root
         self._lock = threading.Lock()
         self._catalog = self._build()
 
     @classmethod
     def discover(cls, models_dirs: list[str], entries: list[dict[str, Any]], aliases: dict[str, str],
-                 include_embedded: bool = True, ollama_root: str | None = None) -> ModelRegistry:
+                 include_embedded: bool = True, ollama_root: str | None = None,
+                 default_model: str = "") -> ModelRegistry:
         """Build from config entries, GGUF folders, an Ollama store and the embedded model; any inconsistency
         is a ValueError now rather than a confusing 404 later."""
-        return cls(models_dirs, entries, aliases, include_embedded, ollama_root)
+        return cls(models_dirs, entries, aliases, include_embedded, ollama_root, default_model)
 
     def reload(self) -> None:
         with self._lock:
             self._catalog = self._build()
+
+    def reconfigure(self, models_dirs: list[str], entries: list[dict[str, Any]], aliases: dict[str, str],
+                    default_model: str = "") -> None:
+        """New sources from a reloaded config (SIGHUP). The new catalog is built before anything changes, so a
+        config with an error (a ValueError) leaves the current one serving."""
+        _, _, _, include_embedded, ollama_root = self._sources
+        sources = (list(models_dirs), list(entries), dict(aliases), include_embedded, ollama_root)
+        with self._lock:
+            old = self._sources, self.default_model
+            self._sources, self.default_model = sources, default_model
+            try:
+                self._catalog = self._build()
+            except ValueError:
+                self._sources, self.default_model = old
+                raise
 
     def _build(self) -> _Catalog:
         models_dirs, entries, aliases, include_embedded, ollama_root = self._sources
@@ -134,8 +181,14 @@ class ModelRegistry:
         all_aliases = _collect_aliases(configured, aliases, specs)
         specs = {n: dataclasses.replace(s, aliases=_exact_aliases_of(n, all_aliases)) for n, s in specs.items()}
         default_name = configured[0].name if configured else EMBEDDED_MODEL_NAME
-        return _Catalog(specs, {a: t for a, t in all_aliases.items() if not _is_glob(a)},
-                        [(a, t) for a, t in all_aliases.items() if _is_glob(a)], specs.get(default_name))
+        catalog = _Catalog(specs, {a: t for a, t in all_aliases.items() if not _is_glob(a)},
+                           [(a, t) for a, t in all_aliases.items() if _is_glob(a)], specs.get(default_name))
+        if not self.default_model:
+            return catalog
+        target = _exact_target(catalog, self.default_model)
+        if target is None:
+            raise ValueError(f"default_model: {self.default_model!r} is not a model or alias this server has")
+        return dataclasses.replace(catalog, default=specs[target])
 
     def resolve(self, name: str) -> ModelSpec:
         """Exact name, then exact alias, then glob alias in configured order. Ollama's tag rules apply to exact
@@ -150,6 +203,10 @@ class ModelRegistry:
                                code="model_not_found", details={"model": name})
         return catalog.specs[target]
 
+    def spec(self, name: str) -> ModelSpec | None:
+        """The model called exactly `name` (no aliases), or None."""
+        return self._catalog.specs.get(name)
+
     def specs(self) -> list[ModelSpec]:
         return list(self._catalog.specs.values())
 
@@ -162,6 +219,8 @@ class ModelRegistry:
     def info(self, spec: ModelSpec, loaded: bool = False, max_model_len: int = 0, full: bool = False) -> ModelInfo:
         """Listing facts from the GGUF header; cheap because headers are cached per file version. `full` adds
         what a single-model view shows: every header key except token arrays, the template, the defaults."""
+        if spec.upstream is not None or spec.managed is not None:
+            return _elsewhere_info(spec, loaded, max_model_len)
         meta = read_metadata(spec.path)
         stat = os.stat(spec.path)
         info = ModelInfo(
@@ -187,6 +246,22 @@ class ModelRegistry:
             info.metadata["general.parameter_count"] = meta.parameter_count
             info.template = spec.template or meta.chat_template or ""
         return info
+
+
+def _elsewhere_info(spec: ModelSpec, loaded: bool, max_model_len: int) -> ModelInfo:
+    """What is known here of a model served elsewhere (an upstream, or a server the gateway starts): no file and
+    no header, so sizes and architecture stay empty; the context is what its server reported once loaded (else
+    the entry's n_ctx). The digest is a stable id of the name and its servers, as Ollama clients expect one."""
+    if spec.upstream is not None:
+        servers = {"upstream.model": spec.upstream.model or spec.name, "upstream.urls": list(spec.upstream.urls)}
+    else:  # a managed server's port may be chosen only when it starts: the engine and what it loads instead
+        servers = {"managed.engine": spec.managed.engine, "managed.model": spec.managed.model}
+    key = json.dumps(servers, sort_keys=True).encode()
+    context = max_model_len or spec.n_ctx or 0
+    return ModelInfo(name=spec.name, created=0, max_model_len=context, context_length=context,
+                     digest="sha256:" + hashlib.sha256(key).hexdigest(),
+                     aliases=list(spec.aliases), loaded=loaded, capabilities=["completion", "tools"],
+                     system=spec.system or "", parameters=dict(spec.parameters), metadata=servers)
 
 
 def _exact_target(catalog: _Catalog, name: str) -> str | None:
@@ -324,6 +399,17 @@ def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
     where = f"models[{index}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: must be a mapping, got {type(entry).__name__}")
+    if "rpc_servers" in entry:
+        raise ValueError(f"{where}.rpc_servers: {RPC_REFUSAL}")
+    backend = entry.get("backend", "local")
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "upstream":
+        return _upstream_spec(entry, where)
+    if backend == "managed":
+        return _managed_spec(entry, where)
+    if "upstream" in entry:
+        raise ValueError(f"{where}.upstream: only a model with `backend: upstream` is served by upstream servers")
     for key in ("name", "path"):
         if key not in entry:
             raise ValueError(f"{where}: missing required key {key!r}")
@@ -331,7 +417,57 @@ def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
         if key not in _ENTRY_KEYS:
             raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(_ENTRY_KEYS)})")
         _check_type(where, key, value)
-    spec = ModelSpec(**entry)
+    spec = _with_shared_keys(ModelSpec(**entry), where)
+    if spec.tensor_split is not None:
+        spec.tensor_split = [float(x) for x in spec.tensor_split]
+    spec.lora = _lora_adapters(where, entry.get("lora") or [])
+    _check_values(where, spec)
+    return spec
+
+
+def _upstream_spec(entry: dict[str, Any], where: str) -> ModelSpec:
+    """An entry served by OpenAI-compatible servers elsewhere: a name and where to reach it; a llama.cpp setting
+    here is an error, not a silent no-op."""
+    _check_entry_keys(entry, where, "upstream", UPSTREAM_ENTRY_KEYS, ("name", "upstream"))
+    upstream = parse_upstream(entry["upstream"], f"{where}.upstream")
+    spec = _with_shared_keys(ModelSpec(**{**entry, "upstream": upstream}), where)
+    _check_name_and_context(spec, where)
+    return spec
+
+
+def _managed_spec(entry: dict[str, Any], where: str) -> ModelSpec:
+    """An entry whose engine server the gateway starts itself (`gateway/managed/`): the server's keys become
+    its `ManagedConfig`, the others are those of any model served elsewhere."""
+    _check_entry_keys(entry, where, "managed", MANAGED_ENTRY_KEYS, ("name", "engine"))
+    managed = parse_managed(entry, where)
+    shared = {key: value for key, value in entry.items() if key not in MANAGED_KEYS}
+    spec = _with_shared_keys(ModelSpec(**shared, managed=managed), where)
+    _check_name_and_context(spec, where)
+    return spec
+
+
+def _check_entry_keys(entry: dict[str, Any], where: str, backend: str, allowed: tuple[str, ...],
+                      required: tuple[str, ...]) -> None:
+    for key in required:
+        if key not in entry:
+            raise ValueError(f"{where}: missing required key {key!r} (for `backend: {backend}`)")
+    for key, value in entry.items():
+        if key not in allowed:
+            raise ValueError(f"{where}.{key}: not used by a model with `backend: {backend}` (its keys: "
+                             f"{', '.join(allowed)})")
+        if key in _ENTRY_KEYS:
+            _check_type(where, key, value)
+
+
+def _check_name_and_context(spec: ModelSpec, where: str) -> None:
+    if not spec.name:
+        raise ValueError(f"{where}.name: must not be empty")
+    if spec.n_ctx is not None and spec.n_ctx < 1:
+        raise ValueError(f"{where}.n_ctx: must be at least 1, got {spec.n_ctx}")
+
+
+def _with_shared_keys(spec: ModelSpec, where: str) -> ModelSpec:
+    """The keys every backend reads the same way: aliases, default parameters and keep_alive."""
     spec.aliases = list(spec.aliases)
     spec.parameters = dict(spec.parameters)
     for key, value in spec.parameters.items():
@@ -343,10 +479,25 @@ def _spec_from_entry(entry: Any, index: int) -> ModelSpec:
             spec.keep_alive = parse_duration(spec.keep_alive)
         except ValueError as exc:
             raise ValueError(f"{where}.keep_alive: {exc}") from None
-    if spec.tensor_split is not None:
-        spec.tensor_split = [float(x) for x in spec.tensor_split]
-    _check_values(where, spec)
     return spec
+
+
+def _lora_adapters(where: str, items: list) -> list[tuple[str, float]]:
+    """`lora: [file, {path: file, scale: 0.5}]` → (expanded path, scale) pairs; each file must exist."""
+    adapters = []
+    for i, item in enumerate(items):
+        path, scale = (item, 1.0) if isinstance(item, str) else (None, None)
+        if isinstance(item, dict) and set(item) <= {"path", "scale"}:
+            path, scale = item.get("path"), item.get("scale", 1.0)
+        if not isinstance(path, str) or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale):
+            raise ValueError(f"{where}.lora[{i}]: expected a file path or {{path, scale}} with a finite scale, "
+                             f"got {item!r}")
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"{where}.lora[{i}]: {path!r} is not a file")
+        adapters.append((path, float(scale)))
+    return adapters
 
 
 def _check_type(where: str, key: str, value: Any) -> None:
@@ -364,7 +515,8 @@ def _check_type(where: str, key: str, value: Any) -> None:
 
 def _type_name(key: str) -> str:
     names = {"aliases": "list of strings", "tensor_split": "list of numbers", "keep_alive": "seconds or a duration",
-             "parameters": "mapping of option names to values"}
+             "parameters": "mapping of option names to values",
+             "upstream": "a URL, a list of URLs or a mapping with urls"}
     expected, nullable = _ENTRY_KEYS[key]
     name = names.get(key) or expected.__name__
     return f"{name} or null" if nullable else name
@@ -389,7 +541,16 @@ def _check_values(where: str, spec: ModelSpec) -> None:
         raise ValueError(f"{where}.tool_choice: {spec.tool_choice!r} is not auto or required")
     if spec.chat_format is not None and spec.chat_format not in FORMATS:
         raise ValueError(f"{where}.chat_format: {spec.chat_format!r} is not one of {', '.join(FORMATS)}")
-    for key in ("parallel", "n_ctx", "n_threads"):
+    if spec.flash_attn is not None and spec.flash_attn not in FLASH_ATTN_MODES:
+        raise ValueError(f"{where}.flash_attn: {spec.flash_attn!r} is not one of {', '.join(FLASH_ATTN_MODES)}")
+    for key in ("cache_type_k", "cache_type_v"):
+        value = getattr(spec, key)
+        if value is not None and value not in CACHE_TYPES:
+            raise ValueError(f"{where}.{key}: {value!r} is not one of {', '.join(CACHE_TYPES)}")
+    if spec.flash_attn == "off" and spec.cache_type_v in QUANTIZED_CACHE_TYPES:
+        raise ValueError(f"{where}.cache_type_v: a quantized V cache ({spec.cache_type_v}) needs flash_attn auto or "
+                         "on (llama.cpp refuses it without flash attention)")
+    for key in ("parallel", "n_ctx", "n_threads", "n_batch"):
         value = getattr(spec, key)
         if value is not None and value < 1:
             raise ValueError(f"{where}.{key}: must be at least 1, got {value}")

@@ -5,7 +5,9 @@ is loaded, fails at once with the end of that log if the child dies, and termina
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every descendant of `pid` (the worker and its runner processes), from /proc."""
+    found, frontier = set(), {pid}
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            frontier |= kids - found
+            found |= kids
+    return found
 
 
 class GatewayServer:
@@ -117,6 +134,13 @@ class GatewayServer:
             self._log_file = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process under it (worker, runners): a crash, not a shutdown."""
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
+from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer, descendants
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +29,6 @@ def stream(server: GatewayServer, tokens: int, lines: list[str], started: thread
                 started.set()
 
 
-def children(pid: int) -> set[int]:
-    """Every descendant of `pid` (the worker and its runner processes), from /proc."""
-    found, frontier = set(), {pid}
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            frontier |= kids - found
-            found |= kids
-    return found
-
-
 def running(pid: int) -> bool:
     """Alive and not a zombie waiting to be reaped."""
     try:
@@ -54,7 +39,7 @@ def running(pid: int) -> bool:
 
 def test_sigterm_finishes_short_streams_ends_long_ones_with_an_error_frame_and_exits_0(tmp_path: Path) -> None:
     with GatewayServer(tmp_path, {**DEFAULT_CONFIG, "shutdown_grace": GRACE}) as server:
-        processes = children(server.proc.pid)
+        processes = descendants(server.proc.pid)
         assert len(processes) >= 2  # the worker and the model's runner
         short, long = [], []
         short_started, long_started = threading.Event(), threading.Event()

@@ -78,9 +78,7 @@ def attr(obj: Any, path: str) -> Any:
     (create(system=[{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
                     {"type": "text", "text": "b"}]), "messages.0", Message("system", "a\n\nb")),
     (create(system=[{"type": "text", "text": BILLING}, {"type": "text", "text": "You are Claude Code."}]),
-     "messages.0", Message("system", "You are Claude Code.")),
-    (create(system=BILLING + "\nYou are brief."), "messages.0", Message("system", "You are brief.")),
-    (create(system=[{"type": "text", "text": BILLING}]), "messages", [Message("user", "hi")]),
+     "messages.0", Message("system", BILLING + "\n\nYou are Claude Code.")),  # the prompt_rules strip it
     (create(system=""), "messages", [Message("user", "hi")]),
     (create(tools=[WEATHER]), "tools", [Tool("get_weather", "d", {"type": "object"})]),
     (create(tools=[{**WEATHER, "type": "custom", "strict": True, "cache_control": {"type": "ephemeral"},
@@ -508,6 +506,7 @@ def test_render_model() -> None:
     (ErrorKind.OVERLOADED, 429, "rate_limit_error"),
     (ErrorKind.INTERNAL, 500, "api_error"),
     (ErrorKind.UNAVAILABLE, 529, "overloaded_error"),
+    (ErrorKind.TIMEOUT, 504, "timeout_error"),
 ])
 def test_render_error(kind: ErrorKind, status: int, wire_type: str) -> None:
     err = GatewayError(kind, "boom", param="p")

@@ -387,22 +387,27 @@ def test_render_embedding(encoding: str) -> None:
 
 
 def test_render_models_lists_aliases() -> None:
-    models = ModelList([ModelInfo("a", 1, aliases=["x", "y"], max_model_len=8192), ModelInfo("b", 2)])
+    models = ModelList([ModelInfo("a", 1, aliases=["x", "y"], max_model_len=8192, context_reason="why"),
+                        ModelInfo("b", 2)])
     out = oa.render_models(models, InternalRequest(kind="list_models"), CTX)
+    a = {"object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192, "context_size": 8192,
+         "context_reason": "why"}
     assert out == {"object": "list", "data": [
-        {"id": "a", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
-        {"id": "x", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
-        {"id": "y", "object": "model", "created": 1, "owned_by": "llm-gateway", "max_model_len": 8192},
-        {"id": "b", "object": "model", "created": 2, "owned_by": "llm-gateway", "max_model_len": 0},
+        {"id": "a", **a}, {"id": "x", **a}, {"id": "y", **a},
+        {"id": "b", "object": "model", "created": 2, "owned_by": "llm-gateway", "max_model_len": 0,
+         "context_size": 0, "context_reason": ""},
     ]}
 
 
 def test_render_model_and_health() -> None:
     req = InternalRequest(kind="show_model", model="x")
     assert oa.render_model(ModelInfo("a", 5, aliases=["x"]), req, CTX) == {
-        "id": "x", "object": "model", "created": 5, "owned_by": "llm-gateway", "max_model_len": 0}
-    health = oa.render_health(HealthResult("ok", ["a"], gpu_offload=True), InternalRequest(kind="health"), CTX)
-    assert health == {"status": "ok", "models_loaded": ["a"], "gpu_offload": True}
+        "id": "x", "object": "model", "created": 5, "owned_by": "llm-gateway", "max_model_len": 0,
+        "context_size": 0, "context_reason": ""}
+    gpu = {"name": "CUDA0", "description": "NVIDIA H200", "type": "gpu", "memory_free": 1, "memory_total": 2}
+    health = oa.render_health(HealthResult("ok", ["a"], gpu_offload=True, devices=[gpu]),
+                              InternalRequest(kind="health"), CTX)
+    assert health == {"status": "ok", "models_loaded": ["a"], "gpu_offload": True, "devices": [gpu]}
 
 
 @pytest.mark.parametrize("kind, code, status, wire_type, wire_code", [
@@ -414,6 +419,7 @@ def test_render_model_and_health() -> None:
     (ErrorKind.TOO_LARGE, None, 413, "invalid_request_error", None),
     (ErrorKind.OVERLOADED, None, 429, "rate_limit_error", None),
     (ErrorKind.UNAVAILABLE, None, 503, "server_error", None),
+    (ErrorKind.TIMEOUT, None, 504, "server_error", "request_timeout"),
     (ErrorKind.INTERNAL, None, 500, "server_error", None),
 ])
 def test_render_error(kind: ErrorKind, code: str | None, status: int, wire_type: str, wire_code: str | None) -> None:
@@ -573,9 +579,12 @@ def test_routes() -> None:
     assert set(table) == {
         ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
         ("GET", "/v1/models"), ("GET", "/v1/models/<path:model>"), ("GET", "/health"),
+        ("POST", "/api/chat/completions"), ("GET", "/api/models"),  # the seed service's paths
     }
     assert all(r.family == "openai" and r.render_error is oa.render_error for r in oa.ROUTES)
     assert table["POST", "/v1/chat/completions"].stream is oa.ChatStream
     assert table["POST", "/v1/completions"].stream is oa.CompletionStream
     assert table["POST", "/v1/embeddings"].stream is None
-    assert {r.path for r in oa.ROUTES if r.body == "none"} == {"/v1/models", "/v1/models/<path:model>", "/health"}
+    assert table["POST", "/api/chat/completions"].parse is oa.parse_chat
+    assert {r.path for r in oa.ROUTES if r.body == "none"} == {"/v1/models", "/v1/models/<path:model>", "/health",
+                                                               "/api/models"}

@@ -20,6 +20,7 @@ from gateway.types import GatewayError, InternalRequest
 HI = [{"role": "user", "content": "hi"}]
 BASES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "m", "messages": HI, "max_tokens": 4},
+    "/api/chat/completions": {"model": "m", "messages": HI, "max_tokens": 4},
     "/v1/completions": {"model": "m", "prompt": "hi", "max_tokens": 4},
     "/v1/embeddings": {"model": "m", "input": "hi"},
     "/v1/responses": {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],

@@ -85,3 +85,50 @@ def test_a_tilde_in_any_path_is_the_home_folder(tmp_path, monkeypatch):
     assert settings.models[0]["path"] == str(tmp_path / "m.gguf")
     assert settings.responses_store == str(tmp_path / "r.db")
     assert load_settings(env={"GATEWAY_OLLAMA_MODELS": "auto"}).ollama_models == "auto"
+
+
+def test_the_seed_services_keys_are_accepted_under_their_new_names_with_a_note(tmp_path):
+    store = tmp_path / "ollama" / "manifests"
+    config = write(tmp_path, f"models_dir: {tmp_path}/models\nmanifests_dir: {store}\ndefault_context_size: 4096\n"
+                             "gpu_layers: 10\nthreads: 2\nbatch_size: 256\npreserve_think_tags: false\n"
+                             "default_model: smollm2-135m-instruct\ntensor_split: '3,1'\nrequest_timeout: 120\n"
+                             "log_level: INFO\n")
+    s = load_settings(config, env={})
+    assert s.models_dirs == [f"{tmp_path}/models"] and s.ollama_models == str(tmp_path / "ollama")
+    assert (s.n_ctx, s.n_gpu_layers, s.n_threads, s.n_batch, s.keep_think_tags) == (4096, 10, 2, 256, False)
+    assert (s.default_model, s.tensor_split, s.request_timeout, s.log_level) == (
+        "smollm2-135m-instruct", [3.0, 1.0], 120.0, "info")
+    assert len(s.notes) == 7 and all("seed service" in note for note in s.notes)
+    assert any("`threads`" in note and "`n_threads`" in note for note in s.notes)
+
+
+def test_a_seed_key_beside_its_new_name_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="`threads` and `n_threads` both given"):
+        load_settings(write(tmp_path, "threads: 2\nn_threads: 4\n"), env={})
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("tensor_split: [1, -1]\n", "tensor_split"),
+    ("tensor_split: '0,0'\n", "tensor_split"),
+    ("tensor_split: 'a,b'\n", "tensor_split"),
+    (f"tensor_split: {[1] * 17}\n", "tensor_split"),
+    ("flash_attn: sometimes\n", "flash_attn"),
+    ("cache_type_k: q3_k\n", "cache_type_k"),
+    ("flash_attn: 'off'\ncache_type_v: q8_0\n", "cache_type_v.*flash"),
+    ("request_timeout: -1\n", "request_timeout"),
+])
+def test_gpu_and_engine_settings_are_validated(tmp_path, text, error):
+    with pytest.raises(ConfigError, match=error):
+        load_settings(write(tmp_path, text), env={})
+
+
+def test_the_tensor_split_flag_takes_the_seeds_text_form():
+    assert load_settings(env={}, overrides={"tensor_split": "1, 1,2"}).tensor_split == [1.0, 1.0, 2.0]
+
+
+def test_check_masks_api_keys():
+    text = describe(load_settings(env={}, overrides={"api_keys": ["sk-local-0123456789abcdef", "short",
+                                                                   {"key": "sk-named-0123456789wxyz", "name": "ci"}]}))
+    line = next(line for line in text.splitlines() if line.startswith("api_keys ="))
+    assert "0123456789" not in line and "short" not in line
+    assert "***cdef" in line and "***wxyz" in line and '"name": "ci"' in line

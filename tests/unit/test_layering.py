@@ -13,11 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FIRST_PARTY = ("gateway", "adapters")
 THIRD_PARTY = ("flask", "werkzeug", "gunicorn", "llama_cpp", "numpy", "jinja2", "yaml", "prometheus_client",
-               "requests")
+               "requests", "urllib3")
 
 ADAPTER = {"gateway.types", "adapters.base", "adapters.openai_shapes", "adapters.vllm_extras"}
 ENGINE = {"gateway.types", "gateway.engine.*", "gateway.markers", "llama_cpp", "numpy", "jinja2"}
-MODELS = {"gateway.types", "gateway.models.*", "gateway.__version__", "gateway.chat_formats"}
+MODELS = {"gateway.types", "gateway.models.*", "gateway.__version__", "gateway.chat_formats", "gateway.engine_options"}
 
 # module (or `package.*`) → what it may import: first-party modules (`x.*` = anything inside x) and the third-party
 # packages listed in THIRD_PARTY. The standard library is always allowed.
@@ -31,9 +31,15 @@ ALLOWED: dict[str, set[str]] = {
     # the engine runs in runner processes: no HTTP, no API family, no service
     "gateway.engine.*": ENGINE,
     "gateway.models.*": MODELS,
-    # backends: the only layer that knows an engine
-    "gateway.backends.*": {"gateway.types", "gateway.backends.*", "gateway.engine.*", "gateway.models.*",
-                           "gateway.chat_formats", "gateway.output"},
+    # a managed model's entry is checked by building its launch command once, when the config is read
+    "gateway.models.managed_config": MODELS | {"gateway.managed.engines"},
+    # engine servers the gateway starts (vLLM, SGLang, llama-server...): processes and HTTP probes, standard
+    # library only, so scripts use it without the gateway
+    "gateway.managed.*": {"gateway.managed.*"},
+    # backends: the only layer that knows an engine (an upstream engine over HTTP, with requests)
+    "gateway.backends.*": {"gateway.types", "gateway.backends.*", "gateway.engine.*", "gateway.managed.*",
+                           "gateway.models.*", "gateway.chat_formats", "gateway.output", "gateway.prompt_rules",
+                           "requests", "urllib3"},
     # the service talks to backends through their interface and the pool, never to the engine's internals
     "gateway.service": {"gateway.types", "gateway.__version__", "gateway.backends.base", "gateway.backends.pool",
                         "gateway.engine.jobs", "gateway.limits", "gateway.model_changes", "gateway.models.registry",
@@ -57,13 +63,20 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.auth": {"gateway.types", "gateway.browser_guard", "gateway.keys"},
     "gateway.browser_guard": {"gateway.types"},
     "gateway.types": set(),
-    "gateway.config": {"gateway.types", "gateway.keys", "yaml"},
+    "gateway.config": {"gateway.types", "gateway.keys", "gateway.engine_options", "gateway.prompt_rules", "yaml"},
+    # agent-noise rules: checked by the config, applied by backends to system prompts
+    "gateway.prompt_rules": {"gateway.types"},
+    # POST /api/cache/warm: a route whose body any family's parser (handed in, never imported) reads
+    "gateway.cache_warm": {"gateway.types", "adapters.base"},
+    "gateway.engine_options": set(),
     "gateway.keys": {"gateway.types"},
     "gateway.app": {"adapters.*", "gateway.*", "flask"},
     "gateway.__main__": {"gateway.app", "gateway.config", "gateway.engine.cpu", "gateway.engine.llama",
-                         "gateway.models.registry", "gateway.request_log", "gateway.shutdown", "gunicorn"},
+                         "gateway.models.registry", "gateway.request_log", "gateway.shutdown", "gateway.reload",
+                         "gunicorn"},
     "gateway.request_log": set(),
     "gateway.shutdown": {"gateway.types"},
+    "gateway.reload": {"gateway.config"},
     "gateway": set(),
     "adapters": set(),
 }

@@ -19,3 +19,33 @@ def test_layers_split_mode_main_gpu_and_tensor_split_reach_the_model_params():
 def test_defaults_and_repacking(params, layers, repack):
     mp, split = model_params(params)
     assert (mp.n_gpu_layers, bool(mp.use_extra_bufts), split) == (layers, repack, None)
+
+
+def test_flash_attention_and_kv_cache_types_reach_the_context_params():
+    import llama_cpp
+
+    from gateway.engine.llama import ContextParams, context_params
+
+    cp = context_params(4096, 256, 4, 2, extra=ContextParams("on", "q8_0", "q4_0"))
+    assert (cp.n_ctx, cp.n_batch, cp.n_seq_max, cp.n_threads) == (4096, 256, 4, 2)
+    assert (cp.flash_attn_type, cp.type_k, cp.type_v) == (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                                          llama_cpp.GGML_TYPE_Q8_0, llama_cpp.GGML_TYPE_Q4_0)
+    default = context_params(2048, 512, 1, 1)
+    assert (default.flash_attn_type, default.type_k) == (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                                                         llama_cpp.GGML_TYPE_F16)
+
+
+def test_the_engine_knows_every_option_name_the_config_accepts():
+    from gateway import engine_options
+    from gateway.engine import llama
+
+    assert set(llama.CACHE_TYPES) == set(engine_options.CACHE_TYPES)
+    assert set(llama.FLASH_ATTN) == set(engine_options.FLASH_ATTN_MODES)
+    assert set(engine_options.SPLIT_MODES) <= set(llama.SPLIT_MODES)
+
+
+def test_llama_cpp_lists_its_devices_the_cpu_included():
+    from gateway.engine.llama import devices
+
+    found = devices()
+    assert any(d.type == "cpu" and d.memory_total > 0 for d in found)

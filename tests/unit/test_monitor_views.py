@@ -32,6 +32,9 @@ class FakePool:
         self.loaded.remove(name)
         return True
 
+    def compute_summary(self) -> str:
+        return "CPU only: this llama.cpp build cannot offload to a GPU"
+
     def view(self) -> list[dict[str, Any]]:
         return [{"name": name, "n_ctx": 2048, "parallel": 4, "busy": 0, "waiting": 0, "kv_used": 0, "size": 1,
                  "keep_alive_left": 300.0, "load_seconds": 0.5} for name in self.loaded]

@@ -192,3 +192,65 @@ def test_a_clients_gpu_layers_apply_only_where_the_machine_can_offload(monkeypat
     monkeypatch.setattr("gateway.backends.pool.supports_gpu_offload", lambda: True)
     pool.acquire(spec("b"), {"n_gpu_layers": -7}).release()
     assert loads.executors[1].settings.load.n_gpu_layers == -1
+
+
+def test_a_changed_model_leaves_the_pool_and_is_unloaded_once_its_requests_finish():
+    pool, loads = make_pool()
+    lease = pool.acquire(spec("a"))
+    idle = pool.acquire(spec("b"))
+    idle.release()
+    changed = {"a": spec("a", n_ctx=1024), "b": spec("b")}  # a's settings changed, b's did not
+    assert pool.retire_changed(changed.get) == ["a"]
+    old = loads.executors[0]
+    assert not old.closed.is_set()  # its request is still running
+    fresh = pool.acquire(changed["a"])  # the next request gets a new load of the new spec
+    assert fresh.backend is not old and loads.names() == ["a", "b", "a"]
+    lease.release()
+    assert old.closed.is_set() and not fresh.backend.closed.is_set()
+    assert {m["name"] for m in pool.view()} == {"a", "b"}
+    fresh.release()
+
+
+def test_a_model_gone_from_the_registry_is_unloaded_when_idle():
+    pool, loads = make_pool()
+    pool.acquire(spec("a")).release()
+    assert pool.retire_changed(lambda name: None) == ["a"]
+    assert loads.executors[0].closed.is_set() and pool.view() == []
+
+
+def test_a_retiring_model_still_counts_against_the_memory_budget():
+    pool, _ = make_pool({"a": 60, "b": 60}, memory_budget=100, load_timeout=0.2)
+    lease = pool.acquire(spec("a"))
+    pool.retire_changed(lambda name: None)
+    with pytest.raises(GatewayError) as err:
+        pool.acquire(spec("b"))  # a still holds its memory until its request ends
+    assert err.value.kind == ErrorKind.UNAVAILABLE
+    lease.release()
+    pool.acquire(spec("b")).release()
+
+
+def test_a_models_own_engine_settings_override_the_servers_and_the_context_is_chosen_for_them():
+    from gateway.backends.context_size import ContextChoice
+    from gateway.engine.llama import ContextParams, LoadParams
+
+    seen = []
+
+    def choose(spec_, settings, budget):
+        seen.append((settings.n_batch, budget))
+        return ContextChoice(3072, "because")
+
+    base = ExecutorSettings(n_batch=512, load=LoadParams(n_gpu_layers=0, tensor_split=[1.0, 1.0]),
+                            context=ContextParams("auto", "f16", "q8_0"))
+    loads = Loads()
+    pool = ModelPool(base, PoolSettings(memory_budget=10**9), load_fn=loads, estimate_fn=lambda s, _: 1,
+                     context_fn=choose)
+    own = spec("a", n_batch=128, flash_attn="on", cache_type_k="q4_0", lora=[("/x.gguf", 0.5)])
+    pool.acquire(own).release()
+    pool.acquire(spec("b")).release()
+    a, b = (e.settings for e in loads.executors)
+    assert a.context == ContextParams("on", "q4_0", "q8_0", (("/x.gguf", 0.5),))
+    assert (a.n_batch, a.load.tensor_split) == (128, [1.0, 1.0])
+    assert (b.n_batch, b.context) == (512, ContextParams("auto", "f16", "q8_0"))
+    assert (a.n_ctx, a.n_ctx_reason) == (3072, "because") and seen[0] == (128, 10**9)
+    assert pool.context_for(spec("a")) == (2048, "because")  # loaded: what its backend has
+    assert pool.context_for(spec("c")) == (3072, "because")  # not loaded: what it would get

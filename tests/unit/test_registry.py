@@ -172,6 +172,14 @@ def test_bad_aliases(models_dir: Path, smollm2: str, aliases: dict[str, str], me
         ({"parameters": {"stop": [1]}}, "models\\[0\\].parameters.stop: expected a string or a list"),
         ({"parameters": {"num_ctx": 2.5}}, "models\\[0\\].parameters.num_ctx: expected an integer"),
         ({"parameters": {"top_p": float("nan")}}, "models\\[0\\].parameters.top_p: expected a finite"),
+        ({"n_batch": 0}, "models\\[0\\].n_batch: must be at least 1"),
+        ({"flash_attn": "yes"}, "models\\[0\\].flash_attn: 'yes' is not one of auto, on, off"),
+        ({"cache_type_k": "q2_k"}, "models\\[0\\].cache_type_k: 'q2_k' is not one of"),
+        ({"flash_attn": "off", "cache_type_v": "q4_0"}, "models\\[0\\].cache_type_v: a quantized V cache"),
+        ({"lora": "x.gguf"}, "models\\[0\\].lora: wrong type str"),
+        ({"lora": ["/nonexistent/adapter.gguf"]}, "models\\[0\\].lora\\[0\\]: '/nonexistent/adapter.gguf' is not"),
+        ({"lora": [{"path": "a.gguf", "scale": "big"}]}, "models\\[0\\].lora\\[0\\]: expected a file path"),
+        ({"lora": [{"file": "a.gguf"}]}, "models\\[0\\].lora\\[0\\]: expected a file path"),
     ],
 )
 def test_bad_entries(smollm2: str, change: dict[str, Any], message: str) -> None:
@@ -224,3 +232,30 @@ def test_a_store_model_named_like_a_configured_alias_is_hidden_not_a_crash(tmp_p
                                       ollama_root=str(tmp_path / "store"))
     registry.reload()
     assert registry.resolve("gpt-4o-mini:latest").name == EMBEDDED_MODEL_NAME
+
+
+def test_engine_settings_and_lora_adapters_of_an_entry(smollm2: str, tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    entry = {"name": "main", "path": smollm2, "n_batch": 256, "flash_attn": "on", "cache_type_k": "q8_0",
+             "cache_type_v": "q8_0", "lora": [str(adapter), {"path": str(adapter), "scale": 0.25}]}
+    spec = ModelRegistry.discover([], [entry], {}).resolve("main")
+    assert (spec.n_batch, spec.flash_attn, spec.cache_type_k, spec.cache_type_v) == (256, "on", "q8_0", "q8_0")
+    assert spec.lora == [(str(adapter), 1.0), (str(adapter), 0.25)]
+
+
+def test_the_default_model_is_configurable_and_must_exist(models_dir: Path, smollm2: str) -> None:
+    registry = ModelRegistry.discover([str(models_dir)], [], {"fast": "beta"}, default_model="fast")
+    assert registry.default().name == "beta"
+    with pytest.raises(ValueError, match="default_model: 'nope' is not a model"):
+        ModelRegistry.discover([str(models_dir)], [], {}, default_model="nope")
+
+
+def test_reconfigure_replaces_the_sources_and_a_bad_config_changes_nothing(models_dir: Path, smollm2: str) -> None:
+    registry = ModelRegistry.discover([], [{"name": "main", "path": smollm2}], {})
+    registry.reconfigure([str(models_dir)], [{"name": "other", "path": smollm2}], {"o": "other"}, "alpha")
+    assert registry.spec("main") is None and registry.resolve("o").name == "other"
+    assert registry.default().name == "alpha"
+    with pytest.raises(ValueError, match="models\\[0\\]"):
+        registry.reconfigure([], [{"name": "broken"}], {}, "")
+    assert registry.resolve("o").name == "other" and registry.default().name == "alpha"

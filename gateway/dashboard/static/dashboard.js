@@ -298,11 +298,41 @@
   }
 
   const MODEL_CELLS = ['name', 'memory', 'context', 'sequences', 'kv', 'waiting', 'keepalive', 'load', 'runner',
-    'actions'];
+    'cache', 'actions'];
+
+  // The persistent prompt cache (prefixes on disk, their size, restores against long prompts that found nothing,
+  // warms), and in the title what each agent-noise rule did: prompts it changed, and the characters of system
+  // prompt after its match that it kept cacheable.
+  function cacheText(m) {
+    const c = m.prompt_cache;
+    if (!c) return 'off';
+    const tries = c.hits + c.misses;
+    const parts = [c.entries + (c.entries === 1 ? ' prefix' : ' prefixes') + (c.bytes ? ', ' + bytes(c.bytes) : '')];
+    if (tries) parts.push('hits ' + c.hits + ' / ' + tries + ' (' + Math.round((100 * c.hits) / tries) + '%)');
+    if (c.restored_tokens) parts.push(number(c.restored_tokens) + ' tokens restored');
+    if (c.warms) parts.push(c.warms + (c.warms === 1 ? ' warm' : ' warms'));
+    return parts.join(' · ');
+  }
+
+  function rulesText(m) {
+    return Object.entries(m.prompt_rules || {}).map(([name, c]) => name + ': ' + c.applied + ' prompts, '
+      + number(c.saved_chars) + ' chars kept cacheable').join('\n');
+  }
 
   // The engine's process and its history: a crash names its signal, a restart is counted, and a runner that
   // came back without weight repacking says why (the note).
+  // An upstream model's URLs instead: each with its circuit (closed is healthy), requests in flight, a share
+  // lowered after 429/503, and its last error.
+  const CIRCUITS = {closed: 'ok', open: 'circuit open', half_open: 'circuit half-open'};
+
+  function endpointsText(endpoints) {
+    return endpoints.map((e) => e.url + ' ' + (CIRCUITS[e.state] || e.state) + ', ' + e.in_flight + ' in flight'
+      + (e.throttled ? ', busy' : '') + (e.state !== 'closed' && e.last_error ? ' (' + e.last_error + ')' : ''))
+      .join(' · ');
+  }
+
   function runnerText(m) {
+    if (m.endpoints && m.endpoints.length) return endpointsText(m.endpoints);
     const parts = [(m.health === 'ok' ? 'pid ' + m.pid : m.health)];
     if (m.restarts) parts.push(m.restarts + (m.restarts === 1 ? ' restart' : ' restarts'));
     if (m.crashes) {
@@ -320,7 +350,8 @@
       setText(row, 'name', m.name);
       setText(row, 'memory', bytes(m.size));
       setText(row, 'context', number(m.n_ctx));
-      setText(row, 'sequences', m.busy + ' / ' + m.parallel);
+      row.querySelector('td.context').title = m.context_reason || '';
+      setText(row, 'sequences', m.parallel ? m.busy + ' / ' + m.parallel : m.busy + ' in flight');
       setBar(row.querySelector('td.kv'), m.kv_used, m.n_ctx, m.kv_used + ' / ' + m.n_ctx, false);
       setText(row, 'waiting', number(m.waiting));
       const left = m.keep_alive_left;
@@ -328,6 +359,7 @@
         : m.busy ? 'in use' : seconds(left * 1000 - sinceMs));
       setText(row, 'load', m.load_seconds ? seconds(m.load_seconds * 1000) : '');
       setText(row, 'runner', runnerText(m));
+      setText(row, 'cache', cacheText(m)).title = rulesText(m);
       row.querySelector('td.runner').title = m.note || '';
       row.classList.toggle('crashed', m.health !== 'ok' || !!m.crashes);
       setButton(row.querySelector('td.actions'), 'unload', m.name, 'Unload');
