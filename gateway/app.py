@@ -22,7 +22,7 @@ from gateway.cache_warm import warm_route
 from gateway.config import Settings, key_policies, load_settings, memory_budget_bytes, prompt_rules
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
-from gateway.engine.llama import ContextParams, LoadParams
+from gateway.engine.llama import ContextParams, LoadParams, check_tensor_split
 from gateway.engine.prompt_store import PromptCacheSettings
 from gateway.keys import KeyLimits
 from gateway.metrics import Metrics
@@ -64,6 +64,9 @@ def build_gateway(settings: Settings) -> Gateway:
     registry = ModelRegistry.discover(settings.models_dirs, settings.models, settings.aliases,
                                       include_embedded=settings.embedded_model, ollama_root=store_root(settings),
                                       default_model=settings.default_model)
+    check_tensor_split(settings.tensor_split, "tensor_split")
+    for spec in registry.specs():
+        check_tensor_split(spec.tensor_split, f"models: {spec.name}")
     pool_settings = PoolSettings(keep_alive=settings.keep_alive, max_loaded_models=settings.max_loaded_models,
                                  memory_budget=memory_budget_bytes(settings))
 

@@ -152,6 +152,25 @@ SETTINGS: list[Setting] = [
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 
+GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("Server", ("host", "port", "http_threads", "max_body_bytes", "keepalive_seconds", "send_timeout",
+                "shutdown_grace")),
+    ("Models", ("models_dirs", "ollama_models", "embedded_model", "aliases", "default_model", "pinned",
+                "ollama_registry", "registry_hosts", "registry_private_networks", "store_changes")),
+    ("Per-model overrides", ("models",)),
+    ("Engine: every model's defaults", ("parallel", "n_ctx", "n_batch", "prefill_chunk", "n_threads",
+                                        "n_gpu_layers", "tensor_split", "flash_attn", "cache_type_k",
+                                        "cache_type_v", "prompt_cache_dir", "prompt_cache_min_tokens",
+                                        "prompt_cache_max_bytes", "prompt_rules")),
+    ("Limits and the model pool", ("max_queue", "request_timeout", "keep_alive", "max_loaded_models",
+                                   "memory_budget", "context_overflow")),
+    ("Answers", ("reasoning_field", "keep_think_tags", "responses_store")),
+    ("Auth and web pages", ("api_keys", "api_keys_file", "allowed_origins", "allowed_hosts")),
+    ("Dashboard and metrics", ("request_history", "metrics")),
+    ("Logging", ("log_level", "log_format")),
+]
+"""How `config/gateway.yaml` groups the settings, in its order; every setting is in exactly one group."""
+
 
 def _manifests_root(value: Any) -> Any:
     """The seed named the store's `manifests` folder; the store is the folder above it."""
@@ -362,11 +381,13 @@ def memory_budget_bytes(settings: Settings, total_ram: int | None = None) -> int
 def describe(settings: Settings) -> str:
     """Every setting with its value, environment name and meaning (for `python -m gateway check`)."""
     lines = []
-    for s in SETTINGS:
-        value = settings.values[s.key]
-        if s.key == "api_keys":
-            value = [_masked(k) for k in value]
-        lines.append(f"{s.key} = {json.dumps(value)}    # {s.env}: {s.help}")
+    for title, keys in GROUPS:
+        lines.append(f"# == {title} ==")
+        for s in (_BY_KEY[k] for k in keys):
+            value = settings.values[s.key]
+            if s.key == "api_keys":
+                value = [_masked(k) for k in value]
+            lines.append(f"{s.key} = {json.dumps(value)}    # {s.env}: {s.help}")
     return "\n".join(lines)
 
 

@@ -170,13 +170,16 @@ class ModelPool:
         return Lease(self, entry, seconds)
 
     def _make_room(self, spec: ModelSpec, size: int) -> list[Loaded] | None:
-        """Idle models to unload (least recently used first) so `spec` fits; None if it cannot fit yet."""
+        """Idle models to unload (least recently used first) so `spec` fits; None if it cannot fit yet. Models
+        served upstream neither need room nor count against `max_loaded_models`."""
         budget, limit = self.settings.memory_budget, self.settings.max_loaded_models
         if budget and size > budget:
             raise GatewayError(ErrorKind.UNAVAILABLE,
                                f"The model `{spec.name}` needs about {_gib(size)} but the memory budget is "
                                f"{_gib(budget)}.")
-        kept = list(self._loaded.values())
+        if spec.backend == "upstream":  # served by other machines: it takes no room here, nor a place in the limit
+            return []
+        kept = [e for e in self._loaded.values() if e.spec.backend != "upstream"]
         used = sum(e.size for e in kept + self._retiring) + sum(self._loading.values())
         count = len(kept) + len(self._loading)
         victims: list[Loaded] = []

@@ -217,7 +217,7 @@ class UpstreamBackend(Backend):
         try:
             return self.call(path, body)
         except GatewayError as err:
-            if err.code == "upstream_error" and " answered 404" in err.message:
+            if err.details.get("upstream_status") == 404:
                 raise invalid(f"The upstream server of `{self.name}` offers no {path}.") from None
             raise
 
@@ -254,6 +254,8 @@ class UpstreamRun(GenerationRun):
         return 0
 
     def start(self) -> None:
+        """Wait for a URL's status line (so the upstream's refusal is the client's status code), then read on
+        a thread of its own."""
         self._endpoint, self._response = self._backend.open(self._path, self._body, self._deadline, self._busy, True)
         threading.Thread(target=self._pump, name=f"upstream-{self._backend.name}", daemon=True).start()
 
@@ -299,9 +301,9 @@ class UpstreamRun(GenerationRun):
                     refused = stream_error(chunk, url) if isinstance(chunk, dict) else None
                     if refused is not None:
                         return refused
-                    fresh = translator.committed
+                    was_committed = translator.committed
                     self._emit(translator.feed(chunk, self._backend.clock()) if isinstance(chunk, dict) else [])
-                    if translator.committed and not fresh:
+                    if translator.committed and not was_committed:  # its first token: the URL works
                         self._backend.balancer.succeeded(self._endpoint)
         except (requests.RequestException, TransportError, OSError, ValueError) as exc:
             if not self._closed.is_set():

@@ -165,17 +165,18 @@ class UpstreamRefusal(Exception):
 
 def refusal(status: int, payload: Any, url: str) -> UpstreamRefusal:
     """What an error status (or an error event's `code`) with its body means here. The upstream's own message
-    names the field, so a client error keeps its message and `param`."""
+    names the field, so a client error keeps its message and `param`; `details` keep the status."""
     message, param = _error_text(payload)
+    facts = {"upstream_status": status}
     if status in (429, 503):
-        return UpstreamRefusal(GatewayError(ErrorKind.OVERLOADED, f"The upstream server {url} is busy: {message}"),
-                               busy=True)
+        return UpstreamRefusal(GatewayError(ErrorKind.OVERLOADED, f"The upstream server {url} is busy: {message}",
+                                            details=facts), busy=True)
     if 400 <= status < 500 and status not in (401, 403, 404, 408):
         kind = ErrorKind.TOO_LARGE if status == 413 else ErrorKind.INVALID_REQUEST
-        return UpstreamRefusal(GatewayError(kind, message, param))
+        return UpstreamRefusal(GatewayError(kind, message, param, details=facts))
     # 401/403/404 say our config is wrong (key, model name), not the request: the client sees `unavailable`
     return UpstreamRefusal(GatewayError(ErrorKind.UNAVAILABLE, f"The upstream server {url} answered {status}: "
-                                                               f"{message}", code="upstream_error"),
+                                                               f"{message}", code="upstream_error", details=facts),
                            broken=status >= 500 or status == 408)
 
 

@@ -213,6 +213,8 @@ class Executor:
             self._embedder.add(*payload)
         elif kind == "stop":
             self._stopping = True
+        # "wake" (the prompt cache's writer changed its stats) needs nothing more: the loop goes round, and the
+        # runner sends the stats at the end of it
 
     def _cancel(self, handle: JobHandle) -> None:
         if handle in self._waiting:

@@ -104,6 +104,20 @@ def devices() -> list[Device]:
     return out
 
 
+def check_tensor_split(split: list[float] | None, where: str) -> None:
+    """A tensor_split names one share per GPU: more shares than llama.cpp sees GPUs is a mistake worth refusing
+    (ValueError) before a load; on a build that cannot offload it is only ignored, and the log says so."""
+    if not split:
+        return
+    if not supports_gpu_offload():
+        log.warning("%s: tensor_split %s is ignored: this llama.cpp build cannot offload to a GPU", where, split)
+        return
+    gpus = [d.name for d in devices() if d.type in ("gpu", "igpu")]
+    if len(split) > len(gpus):
+        raise ValueError(f"{where}: tensor_split has {len(split)} shares but llama.cpp sees {len(gpus)} GPU(s)"
+                         f"{': ' + ', '.join(gpus) if gpus else ''}")
+
+
 _ggml_lib = None
 
 

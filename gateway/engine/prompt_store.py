@@ -21,7 +21,8 @@ removed, never fatal.
 Costs, measured on the 2-core VM with SmolLM2-135M (23 KB of KV per token) for a 2,000-token prefix (46 MB),
 while other tests loaded the machine: copying the state out on the decode thread took 5.1-5.2 ms into a buffer
 whose pages were already faulted in, 32-34 ms into a fresh one (page faults), so the writer thread prepares one
-while the prefix is still being prefilled; writing and fsyncing it, on the writer thread, ~125 ms. A restore on
+while the prefix is still being prefilled (at most one such buffer is kept, and a save hands it to the writer,
+which frees it once written); writing and fsyncing it, on the writer thread, ~125 ms. A restore on
 the decode thread maps the file, checks its crc32 and hands it to llama.cpp: 21-27 ms (the crc32 11-16, the copy
 into the KV cache 5), against 8.7 s to prefill those 2,000 tokens. The restore is not moved off the decode
 thread because it happens once per prefix after a restart, and a stall of one or two decode steps is the price.
@@ -241,7 +242,7 @@ class PromptStore:
         self._jobs.put(("prepare", n_tokens * self._bytes_per_token + 65536))
 
     def wanted(self, tokens: list[int]) -> bool:
-        """Whether saving this prefix is worth it: long enough, not saved yet, room in the writer's queue."""
+        """Whether saving this prefix is worth it: long enough, small enough for the folder, not saved yet."""
         if self.settings.min_tokens > len(tokens) or len(tokens) * self._bytes_per_token > self.settings.max_bytes:
             return False
         return not self.has(tokens)

@@ -132,3 +132,20 @@ def test_check_masks_api_keys():
     line = next(line for line in text.splitlines() if line.startswith("api_keys ="))
     assert "0123456789" not in line and "short" not in line
     assert "***cdef" in line and "***wxyz" in line and '"name": "ci"' in line
+
+
+def test_the_shipped_config_file_groups_every_setting_under_its_heading():
+    from pathlib import Path
+
+    from gateway.config import GROUPS, SETTINGS
+
+    grouped = [key for _title, keys in GROUPS for key in keys]
+    assert sorted(grouped) == sorted(s.key for s in SETTINGS)  # each setting in exactly one group
+    found: list[tuple[str, str]] = []
+    heading = None
+    for line in (Path(__file__).resolve().parents[2] / "config" / "gateway.yaml").read_text().splitlines():
+        if line.startswith("# == ") and line.endswith(" =="):
+            heading = line[5:-3]
+        elif line and line[0].isalpha():
+            found.append((heading, line.split(":", 1)[0]))
+    assert found == [(title, key) for title, keys in GROUPS for key in keys]

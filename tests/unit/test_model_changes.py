@@ -16,6 +16,9 @@ class NoPool:
     def unload(self, name: str) -> bool:
         return False
 
+    def retire_changed(self, current) -> list[str]:
+        return []
+
 
 @pytest.fixture
 def changes(tmp_path: Path) -> ModelChanges:

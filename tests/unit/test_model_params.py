@@ -49,3 +49,15 @@ def test_llama_cpp_lists_its_devices_the_cpu_included():
 
     found = devices()
     assert any(d.type == "cpu" and d.memory_total > 0 for d in found)
+
+
+def test_a_tensor_split_is_checked_against_the_gpus_llama_cpp_sees(caplog):
+    from gateway.engine.llama import check_tensor_split, devices, supports_gpu_offload
+
+    gpus = [d for d in devices() if d.type in ("gpu", "igpu")]
+    if supports_gpu_offload():  # a GPU build: one share more than there are GPUs is refused
+        with pytest.raises(ValueError, match=f"models: big: tensor_split has {len(gpus) + 1} shares"):
+            check_tensor_split([1.0] * (len(gpus) + 1), "models: big")
+    else:  # a CPU-only build (CI's): ignored, with a warning
+        check_tensor_split([3.0, 1.0], "models: big")
+        assert "models: big: tensor_split [3.0, 1.0] is ignored" in caplog.text

@@ -254,3 +254,13 @@ def test_a_models_own_engine_settings_override_the_servers_and_the_context_is_ch
     assert (a.n_ctx, a.n_ctx_reason) == (3072, "because") and seen[0] == (128, 10**9)
     assert pool.context_for(spec("a")) == (2048, "because")  # loaded: what its backend has
     assert pool.context_for(spec("c")) == (3072, "because")  # not loaded: what it would get
+
+
+def test_models_served_upstream_take_no_place_in_the_model_limit():
+    pool, loads = make_pool(max_loaded_models=1)
+    remote = ModelSpec(name="remote", backend="upstream")
+    pool.acquire(spec("a")).release()
+    pool.acquire(remote).release()  # does not push the local model out
+    assert not loads.executors[0].closed.is_set()
+    pool.acquire(spec("b")).release()  # a second local model does
+    assert loads.executors[0].closed.is_set() and not loads.executors[1].closed.is_set()
