@@ -9,6 +9,8 @@ turns to be dropped (Ollama's behaviour) or for the prompt to be cut to its last
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from gateway.engine.llama import LlamaModel
@@ -17,6 +19,8 @@ from gateway.models.registry import ModelSpec
 from gateway.types import MODEL_PARAMETERS, ErrorKind, GatewayError, InternalRequest, Message, SamplingParams
 
 log = logging.getLogger("gateway.backends.prompts")
+
+FIRST_MESSAGES_KEPT = 32  # first messages whose tokens are remembered (agents send the same one every time)
 
 
 @dataclass
@@ -36,6 +40,8 @@ class PromptBuilder:
     def __init__(self, context_overflow: str = "truncate"):
         self.context_overflow = context_overflow  # 'truncate' honours drop_turns requests; 'error' refuses
         self._templates: dict[str, ChatTemplate] = {}
+        self._first: OrderedDict[str, list[int] | None] = OrderedDict()  # see first_message
+        self._first_lock = threading.Lock()
 
     def prepare(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel, n_ctx: int) -> PreparedPrompts:
         window = self.window(req, spec, n_ctx)
@@ -80,11 +86,24 @@ class PromptBuilder:
         messages = with_default_system(req.messages, spec)
         if len(messages) < 2:
             return None
+        # Rendering and tokenizing a long system prompt again costs as much as the whole prompt did (~4 ms for
+        # 2,700 tokens of SmolLM2), so the tokens of recent first messages are kept, by what the template sees.
+        key = repr((spec.name, messages[0], req.tools if req.tools_in_template else None,
+                    sorted(req.template_kwargs.items())))
+        with self._first_lock:
+            if key in self._first:
+                self._first.move_to_end(key)
+                return self._first[key]
         try:
-            return self.render_chat(replace(req, add_generation_prompt=False, continue_final_message=False), spec,
-                                    model, messages[:1]).tokens
+            tokens = self.render_chat(replace(req, add_generation_prompt=False, continue_final_message=False), spec,
+                                      model, messages[:1]).tokens
         except GatewayError:
-            return None
+            tokens = None
+        with self._first_lock:
+            self._first[key] = tokens
+            while len(self._first) > FIRST_MESSAGES_KEPT:
+                self._first.popitem(last=False)
+        return tokens
 
     def _chat(self, req: InternalRequest, spec: ModelSpec, model: LlamaModel, window: int) -> PreparedPrompts:
         if any(m.images for m in req.messages) and not spec.projector:

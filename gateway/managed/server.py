@@ -73,13 +73,15 @@ class ManagedServer:
                  startup_timeout: float = 600.0, heartbeat_interval: float = 5.0,
                  prefix: str | Sequence[str] | None = None, debug: bool = False,
                  command: str | Sequence[str] | None = None, name: str | None = None,
-                 health_path: str | None = None, stop_grace: float = 10.0):
+                 health_path: str | None = None, stop_grace: float = 10.0,
+                 env_vars: Mapping[str, str] | None = None):
         self.engine = engine
         self.model = model
         self.host = host
         self.port = port
         self.args = args
-        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        # `env_vars` is the seed's server manager's name for `env`; either (or both) may be given
+        self.env = {str(k): str(v) for k, v in {**(env_vars or {}), **(env or {})}.items()}
         self.output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
         self.startup_timeout = startup_timeout
         self.heartbeat_interval = heartbeat_interval

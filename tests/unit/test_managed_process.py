@@ -62,16 +62,16 @@ def test_stop_ends_the_whole_tree_even_a_worker_that_ignores_sigterm(tmp_path):
 
 
 def test_the_log_starts_with_the_command_line_and_the_environment_reaches_the_server(tmp_path):
-    command = [sys.executable, "-c", "import os, sys; print('value=' + os.environ['MANAGED_TEST']); sys.exit(3)",
-               "{port}"]
+    command = [sys.executable, "-c", "import os, sys; print('value=' + os.environ['MANAGED_TEST'] + "
+               "os.environ['SEED_NAME']); sys.exit(3)", "{port}"]
     server = ManagedServer(engine="command", command=command, env={"MANAGED_TEST": "42"}, output_dir=tmp_path,
-                           name="env", startup_timeout=DEADLINE)
+                           name="env", startup_timeout=DEADLINE, env_vars={"SEED_NAME": "!"})  # the seed's name
     with pytest.raises(ServerError, match="exited with code 3 while starting") as failure:
         server.start()
-    assert "value=42" in str(failure.value)
+    assert "value=42!" in str(failure.value)
     first, *rest = server.log_file.read_text().splitlines()
     assert first.startswith(f"$ {sys.executable} -c ") and first.endswith(f" {server.port}")
-    assert rest == ["value=42"]
+    assert rest == ["value=42!"]
     assert list_endpoints() == [] and server.health == "stopped"
 
 
