@@ -299,7 +299,8 @@ class Service:
             index, event = item
             now = time.monotonic()
             if isinstance(event, (Piece, SplitPiece)):
-                record.tokens(1)
+                if event.token:
+                    record.tokens(1)
                 if gen.progress and now >= next_note:
                     next_note = now + PROGRESS_EVERY
                     yield ProgressNote(record.to_json())

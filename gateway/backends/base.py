@@ -38,6 +38,7 @@ class SplitPiece:
     thinking: str = ""
     calls: list[ToolCallDelta] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    token: bool = True  # counts as one generated token for progress (upstream servers send one per chunk)
 
 
 class GenerationRun(ABC):

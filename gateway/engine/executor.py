@@ -441,7 +441,7 @@ class Executor:
         handle = slot.handle
         tail = slot.text.flush()
         if tail and reason in ("stop", "length"):
-            handle.emit(Piece(tail))
+            handle.emit(Piece(tail, token=False))
         now = time.monotonic()
         first = slot.first_token_at or now
         self._end(handle, Finished(

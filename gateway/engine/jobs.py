@@ -50,6 +50,7 @@ class Piece:
 
     text: str
     logprobs: list[TokenLogprob] | None = None
+    token: bool = True  # False for the last Piece that only releases held-back text: it is no new token
 
 
 EngineFinish = Literal["stop", "length", "cancelled", "error"]

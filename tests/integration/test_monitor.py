@@ -345,3 +345,18 @@ def test_progress_inside_the_clients_own_stream_on_request(server: GatewayServer
     assert text
     plain = requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=120)
     assert not any(line.startswith(b": progress") for line in plain.iter_lines())
+
+
+def test_text_held_back_for_a_stop_string_is_no_extra_token(server: GatewayServer) -> None:
+    """At the length cut, text that could still begin a stop string is released by one last event carrying no
+    token of its own: the record (and so the metrics) count the tokens usage reports."""
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    text = requests.post(server.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    tail = text.rstrip()[-1]  # the answer's last character begins this stop string, so it is held back
+    r = requests.post(server.url + "/v1/completions", timeout=60,
+                      json={**body, "stop": [tail + "\u2603 never generated"]})
+    choice, usage = r.json()["choices"][0], r.json()["usage"]
+    assert choice["text"] == text and choice["finish_reason"] == "length"
+    records = requests.get(server.url + "/api/requests", timeout=10).json()["requests"]
+    record = next(rec for rec in records if rec["endpoint"] == "/v1/completions")  # the newest first
+    assert record["tokens_generated"] == usage["completion_tokens"] == 6
