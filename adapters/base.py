@@ -189,6 +189,23 @@ def is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def object_items(value: Any, field: str, index: str = "{}[{}]") -> list[tuple[str, dict[str, Any]]]:
+    """`value` as an array of objects (None: empty), each with its name for error messages: `index` formats
+    the field and position (`tools[0]` in OpenAI's words, `tools.0` in Anthropic's). Anything else is a 400
+    naming the field or the item."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid(f"Invalid type for `{field}`: expected an array, got {type_name(value)}.", field)
+    items = []
+    for i, item in enumerate(value):
+        name = index.format(field, i)
+        if not isinstance(item, dict):
+            raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(item)}.", name)
+        items.append((name, item))
+    return items
+
+
 def type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
             bool: "a boolean"}.get(type(value), type(value).__name__)

@@ -34,6 +34,7 @@ from adapters.base import (
     expect_object,
     get_number,
     get_typed,
+    object_items,
     sse,
     type_name,
 )
@@ -208,15 +209,8 @@ def parse_tools(value: Any, referenced: frozenset[str] = frozenset()) -> list[To
     """Only custom tools become Tools. A tool with another `type` is one Anthropic runs on its side or whose
     schema only Claude knows (web_search_…, bash_…, text_editor_…): skipped, so agents that always send them work.
     A deferred tool (`defer_loading`) is validated but kept only once its name is `referenced`."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `tools`: expected an array, got {type_name(value)}.", "tools")
     tools = []
-    for i, tool in enumerate(value):
-        name = f"tools.{i}"
-        if not isinstance(tool, dict):
-            raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
+    for name, tool in object_items(value, "tools", index="{}.{}"):
         if get_typed(tool, "type", str, "a string", default="custom", prefix=name + ".") != "custom":
             continue
         parsed = _parse_tool(tool, name + ".")

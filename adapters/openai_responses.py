@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.base import RequestContext, Route, expect_object, get_number, get_typed, type_name
+from adapters.base import RequestContext, Route, expect_object, get_number, get_typed, object_items, type_name
 from adapters.openai_responses_render import ResponsesStream, render_create, render_deleted, render_stored
 from adapters.openai_shapes import apply_reasoning_effort, function_tool, named_tool, render_error
 from gateway.types import (
@@ -243,15 +243,8 @@ def _parse_content(value: Any, name: str) -> tuple[str, list[ImagePart]]:
 def parse_tools(value: Any) -> list[Tool]:
     """Flat function tools only: hosted tools (web_search, file_search, computer_use, mcp...) need OpenAI's
     servers, so they are refused by name."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `tools`: expected an array, got {type_name(value)}.", "tools")
     tools = []
-    for i, tool in enumerate(value):
-        name = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
+    for name, tool in object_items(value, "tools"):
         kind = get_typed(tool, "type", str, "a string", required=True, prefix=name + ".")
         if kind != "function":
             raise invalid(f"Invalid value for `{name}.type`: {kind!r} tools are not supported (only 'function').",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.base import compact_json, get_typed, type_name
+from adapters.base import compact_json, get_typed, object_items, type_name
 from gateway.types import (
     Constraint,
     ErrorKind,
@@ -99,18 +99,12 @@ def _parse_image_url(value: Any, name: str) -> str:
 
 
 def parse_tool_calls(value: Any, name: str) -> list[ToolCall]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `{name}`: expected an array, got {type_name(value)}.", name)
-    return [_parse_tool_call(call, f"{name}[{k}]") for k, call in enumerate(value)]
+    return [_parse_tool_call(call, item) for item, call in object_items(value, name)]
 
 
-def _parse_tool_call(call: Any, name: str) -> ToolCall:
+def _parse_tool_call(call: dict[str, Any], name: str) -> ToolCall:
     """`arguments` stays a string internally; an object (what Ollama and some other clients send) is
     re-encoded."""
-    if not isinstance(call, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(call)}.", name)
     function = get_typed(call, "function", dict, "an object", required=True, prefix=name + ".")
     prefix = name + ".function."
     arguments = get_typed(function, "arguments", (str, dict), "a JSON string", default="", prefix=prefix)
@@ -124,16 +118,10 @@ def _parse_tool_call(call: Any, name: str) -> ToolCall:
 
 
 def parse_tools(value: Any) -> list[Tool]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f"Invalid type for `tools`: expected an array, got {type_name(value)}.", "tools")
-    return [_parse_tool(tool, f"tools[{i}]") for i, tool in enumerate(value)]
+    return [_parse_tool(tool, name) for name, tool in object_items(value, "tools")]
 
 
-def _parse_tool(tool: Any, name: str) -> Tool:
-    if not isinstance(tool, dict):
-        raise invalid(f"Invalid type for `{name}`: expected an object, got {type_name(tool)}.", name)
+def _parse_tool(tool: dict[str, Any], name: str) -> Tool:
     kind = get_typed(tool, "type", str, "a string", default="function", prefix=name + ".")
     if kind != "function":
         raise invalid(f"Invalid value for `{name}.type`: expected 'function', got {kind!r}.", name + ".type")
