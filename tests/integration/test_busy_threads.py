@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +55,12 @@ def test_health_answers_while_every_generation_thread_is_busy(server):
             response.close()
     for reader in readers:
         reader.join(timeout=10)
-    deadline = time.monotonic() + 30  # the server notices the hang-ups within its poll interval, then frees them
-    while True:
-        after = requests.post(server.url + "/v1/chat/completions", json=chat(False, 4), timeout=60)
-        if after.status_code != 429 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    # the server notices the hang-ups within its poll interval, then frees their threads
+    def freed() -> list[requests.Response] | None:  # a response is falsy when not ok: wrap it
+        r = requests.post(server.url + "/v1/chat/completions", json=chat(False, 4), timeout=60)
+        return None if r.status_code == 429 else [r]
+
+    after = wait_for(freed, "the hung-up streams' threads to be freed", interval=0.5)[0]
     assert after.status_code == 200, after.text
     assert json.loads(after.text)["choices"][0]["message"]["content"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import ollama
 import openai
@@ -18,17 +17,11 @@ from gateway.managed import ManagedServer, list_endpoints
 from gateway.managed.process import group_members, process_tree, read_proc
 from gateway.models.embedded import embedded_model_path
 from tests.integration.support import GatewayServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 DEADLINE = 120.0  # seconds: loading the 135M model takes a few; this is only a ceiling for a wedged machine
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE:.0f} s"
-        time.sleep(0.1)
 
 
 def running(pid: int) -> bool:

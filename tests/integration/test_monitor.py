@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
@@ -16,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +50,6 @@ def single_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayS
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def progress(server: GatewayServer, rid: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ from gateway.models.ollama_store import OllamaStore
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 from tests.registry_fixture import NOT_INSTALLED, DockerRegistry, docker_registry_binary, push_ollama_model
 from tests.system_tools import require_tool
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -127,10 +127,7 @@ def test_keep_alive_zero_unloads_and_the_next_request_reloads(client: ollama.Cli
     assert entry.size > 0 and entry.context_length > 0 and entry.expires_at is not None
     unloaded = client.generate(MODEL, keep_alive=0)
     assert unloaded.done_reason == "unload"
-    deadline = time.monotonic() + 10
-    while running(client) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running(client) == []
+    wait_for(lambda: running(client) == [], "the model to be unloaded")
     again = client.chat(MODEL, messages=QUESTION, options=GREEDY)
     assert again.load_duration > 0 and f"{MODEL}:latest" in running(client)
 

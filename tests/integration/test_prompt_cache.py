@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import time
 from pathlib import Path
 
 import anthropic
@@ -20,6 +19,7 @@ from gateway.engine.prompt_store import PromptCacheSettings
 from gateway.models.embedded import embedded_model_path
 from gateway.types import SamplingParams
 from tests.integration.support import ALIAS, MODEL, GatewayServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,6 @@ SYSTEM = "You are the archivist of an old town. These are the town's records.\n"
     f"inspector wrote that {TOPICS[(3 * i) % 10]} near the {TOPICS[(7 * i) % 10]} needed {i % 5 + 2} new stones."
     for i in range(54))
 OTHER_SYSTEM = SYSTEM.replace("archivist", "mayor").replace("records", "accounts")
-FILE_WAIT = 60.0  # seconds a saved prefix may take to reach the disk (a wait, not an assertion on time)
 
 
 def config(cache_dir: Path) -> dict:
@@ -59,10 +58,7 @@ def cache_files(folder: Path) -> list[Path]:
 
 
 def wait_for_files(folder: Path, count: int) -> list[Path]:
-    deadline = time.monotonic() + FILE_WAIT
-    while len(cache_files(folder)) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return cache_files(folder)
+    return wait_for(lambda: len(cache_files(folder)) >= count and cache_files(folder), f"{count} cache files")
 
 
 def dashboard_model(server: GatewayServer) -> dict:
@@ -177,10 +173,11 @@ def test_the_warm_endpoint_fills_the_cache_for_the_requests_that_follow(server, 
     assert r.status_code == 200, r.text
     assert r.json()["persisted"] is False  # below prompt_cache_min_tokens
     assert metric(server, "llm_gateway_prompt_cache_warm_total") == 3
-    deadline = time.monotonic() + FILE_WAIT  # a file's writer reports its entry after the warm has answered
-    while (cache := dashboard_model(server)["prompt_cache"])["entries"] != len(cache_files(cache_dir)):
-        assert time.monotonic() < deadline, f"the cache reports {cache['entries']} entries"
-        time.sleep(0.1)
+    def reported() -> dict | None:  # a file's writer reports its entry after the warm has answered
+        cache = dashboard_model(server)["prompt_cache"]
+        return cache if cache["entries"] == len(cache_files(cache_dir)) else None
+
+    cache = wait_for(reported, "the cache to report every file it wrote")
     assert cache["warms"] == 3 and cache["bytes"] > 0
 
 

@@ -9,9 +9,8 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -19,21 +18,12 @@ import yaml
 
 from gateway.models.embedded import embedded_model_path
 from tests.integration.support import ALIAS, MODEL, GatewayServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 KEY = "sk-reload-0123456789abcdef"
 DEADLINE = 60.0
-
-
-def wait_for(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE:.0f} s"
-        time.sleep(0.1)
 
 
 def hup(server: GatewayServer, config: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import anthropic
@@ -21,6 +20,7 @@ from gateway.models.embedded import embedded_model_path
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
 from tests.integration.test_model_pool import CACHE
 from tests.models import GEMMA_MODEL_NAME, gemma_test_model
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,9 @@ def runner(server: GatewayServer, model: str = MODEL) -> dict:
     return next(m for m in models if m["name"] in (model, model + ":latest"))["runner"]
 
 
-def gone(pid: int, timeout: float = 10.0) -> bool:
+def gone(pid: int) -> bool:
     """True once no process has this pid (the parent reaped it, so not even a zombie is left)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: not Path(f"/proc/{pid}").exists(), f"process {pid} to be reaped")
 
 
 def kill_runner(server: GatewayServer, model: str = MODEL) -> int:
@@ -145,15 +140,11 @@ def test_a_request_waiting_for_its_whole_answer_gets_a_503_and_other_models_keep
     assert_restarted(server, pid)
 
 
-def wait_for_tokens(server: GatewayServer, timeout: float = 60.0) -> None:
+def wait_for_tokens(server: GatewayServer) -> None:
     """Until a running request has generated a token: the kill lands mid-generation, not before."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = requests.get(server.url + "/api/requests", timeout=10).json()["requests"]
-        if any(r["status"] == "running" and r["tokens_generated"] for r in records):
-            return
-        time.sleep(0.02)
-    pytest.fail("no request started generating")
+    wait_for(lambda: any(r["status"] == "running" and r["tokens_generated"]
+                         for r in requests.get(server.url + "/api/requests", timeout=10).json()["requests"]),
+             "a request to start generating", interval=0.02)
 
 
 def test_a_runner_that_dies_before_its_first_token_with_repacking_on_comes_back_with_it_off(server):

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer, descendants
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,5 @@ def test_sigterm_finishes_short_streams_ends_long_ones_with_an_error_frame_and_e
         assert long[-1] == "data: [DONE]", long[-3:]
         last = json.loads(long[-2][len("data: "):])
         assert last["error"]["message"] == "The server is shutting down.", long[-3:]
-        deadline = time.monotonic() + 10  # orphans are reaped by init: give it a moment
-        while (left := [pid for pid in processes if running(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]  # no runner left behind
+        # orphans are reaped by init: give it a moment; no runner may be left behind
+        wait_for(lambda: not any(running(pid) for pid in processes), "every runner to be gone")

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 import requests
 
 from tests.integration.support import DEFAULT_CONFIG, MODEL
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,13 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_generation_cancelled(ser
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     try:
-        record = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # never reading a byte
+        def ended() -> dict | None:  # the client never reads a byte
             records = requests.get(server.url + "/api/requests", timeout=10).json()["requests"]
             record = next((r for r in records if r["endpoint"] == "/v1/chat/completions"), None)
-            if record is not None and record["status"] != "running" and record["status"] != "queued":
-                break
-            time.sleep(0.2)
-        assert record is not None and record["status"] == "cancelled", record
+            return record if record is not None and record["status"] not in ("running", "queued") else None
+
+        record = wait_for(ended, "the stalled request to end", interval=0.2)
+        assert record["status"] == "cancelled", record
         assert record["tokens_generated"] < TOKENS
     finally:
         sock.close()

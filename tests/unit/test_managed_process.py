@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from gateway.managed import ManagedServer, ServerError, create_server, list_endpoints
 from gateway.managed.process import Pidfile, group_members, read_proc, start_time
 from gateway.managed.server import restart_delay
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = Path(__file__).parent / "fixtures" / "tree_server.py"
@@ -27,13 +27,6 @@ DEADLINE = 60.0
 def running(pid: int) -> bool:
     info = read_proc(pid)
     return info is not None and info.state != "Z"
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE:.0f} s"
-        time.sleep(0.05)
 
 
 def tree_server(tmp_path: Path, **kwargs) -> ManagedServer:
