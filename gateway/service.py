@@ -289,7 +289,7 @@ class Service:
         running = len(gen.run.choices)
         by_index = {c.index: c for c in gen.run.choices}
         outputs = {c.index: ChoiceOutput(gen.run.output, c.index) for c in gen.run.choices}
-        for item in poll(lambda timeout: gen.run.events.get(timeout=timeout), client_gone, self.keepalive_seconds):
+        for item in poll(gen.run.next_event, client_gone, self.keepalive_seconds):
             if item is KEEPALIVE:
                 yield KEEPALIVE
                 continue
@@ -358,7 +358,7 @@ class Service:
         and how long it took."""
         record = gen.record
         try:
-            for item in poll(lambda timeout: gen.run.events.get(timeout=timeout), client_gone, self.keepalive_seconds):
+            for item in poll(gen.run.next_event, client_gone, self.keepalive_seconds):
                 if item is KEEPALIVE or item is TICK:
                     continue
                 _, event = item

@@ -51,6 +51,10 @@ class GenerationRun(ABC):
     max_tokens: int
     output: OutputPlan = OutputPlan()  # what the output stage splits the text into (reasoning, tool calls)
 
+    def next_event(self, timeout: float):
+        """The next `(choice index, event)`; `queue.Empty` after `timeout` seconds without one."""
+        return self.events.get(timeout=timeout)
+
     @abstractmethod
     def queue_position(self) -> int:
         """1-based place of the first choice among jobs waiting for a sequence; 0 once it runs."""

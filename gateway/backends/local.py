@@ -55,12 +55,21 @@ def vram_bytes(spec: ModelSpec, settings: ExecutorSettings, size: int) -> int:
 
 
 class LocalRun(GenerationRun):
+    """Its request thread reads the runner's pipe itself while it waits (`RunnerProcess.next_event`), from
+    creation until `close`."""
+
     def __init__(self, runner: RunnerProcess):
         self.events = queue.SimpleQueue()
         self.choices: list[ChoicePlan] = []
         self.handles: list[JobHandle] = []
         self.max_tokens = 0
         self._runner = runner
+        self._attached = True
+        self._detach_lock = threading.Lock()  # close may come from the request thread and a monitor's cancel
+        runner.attach()
+
+    def next_event(self, timeout: float):
+        return self._runner.next_event(self.events, timeout)
 
     def queue_position(self) -> int:
         return self._runner.queue_position(self.handles[0]) if self.handles else 0
@@ -68,6 +77,10 @@ class LocalRun(GenerationRun):
     def close(self) -> None:
         for handle in self.handles:
             handle.cancel()
+        with self._detach_lock:
+            attached, self._attached = self._attached, False
+        if attached:
+            self._runner.detach()
 
 
 class LocalBackend(Backend):
@@ -106,8 +119,8 @@ class LocalBackend(Backend):
                              on_exit=self._runner_died)
 
     def _runner_died(self, runner: RunnerProcess) -> None:
-        """Called by the dead runner's reader thread; the restart waits for the next request. A runner that ended
-        cleanly (status 0: stopped from outside) is no crash."""
+        """Called by the thread that saw the dead runner's pipe close; the restart waits for the next request. A
+        runner that ended cleanly (status 0: stopped from outside) is no crash."""
         if runner.exitcode == 0:
             return
         reason = exit_reason(runner.exitcode)

@@ -1,9 +1,10 @@
 """The API server's side of one runner process: start it, send it jobs, route its events, notice its death.
 
-One reader thread per runner receives the runner's per-step messages and puts each event on the queue of the
-request it belongs to, so request threads block only on their own queue. When the pipe closes (the runner
-exited, crashed or was killed) every job still in flight ends with a `Finished` carrying a `GatewayError`
-that names the model and the signal, and every embedding waiting gets that error: nobody waits forever.
+The runner's per-step messages are read by the request threads waiting for them (`SharedReader`: one thread
+wake per token, not two), and each event goes on the queue of the request it belongs to. When the pipe closes
+(the runner exited, crashed or was killed) every job still in flight ends with a `Finished` carrying a
+`GatewayError` that names the model and the signal, and every embedding waiting gets that error: nobody waits
+forever.
 
 The parent closes its copy of the runner's pipe end right after start; otherwise a dead runner would never
 look dead (`../shared/ENGINE-NOTES.md`, "The trap").
@@ -16,11 +17,13 @@ import itertools
 import logging
 import multiprocessing
 import queue
+import select
 import signal
 import threading
 import time
 from multiprocessing.connection import wait
 
+from gateway.backends.shared_reader import SharedReader
 from gateway.engine import runner
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
@@ -29,6 +32,7 @@ from gateway.types import ErrorKind, GatewayError
 log = logging.getLogger("gateway.backends")
 
 STOP_SECONDS = 10.0  # how long a stopping runner may take before it is killed
+IDLE_POLL_SECONDS = 1.0  # an embedding's wait is cut into slices of this, so a lost turn cannot stall it
 MAX_EMBEDDINGS_WAITING = 8192  # embedding inputs one runner may have queued before new ones get 429
 
 
@@ -72,8 +76,11 @@ class RunnerProcess:
         self.facts = self._wait_ready(load_timeout)
         self.cache_stats = self.facts.get("prompt_cache")
         self.pid = self.process.pid
-        self._reader = threading.Thread(target=self._read, name=f"runner-reader-{name}", daemon=True)
-        self._reader.start()
+        self._gone = threading.Event()  # set once the process is reaped and everyone in flight was told
+        readable = select.poll()  # one poll object for the runner's life: `Connection.poll` builds one per call
+        readable.register(self._conn.fileno(), select.POLLIN)
+        self._reading = SharedReader(lambda timeout: bool(readable.poll(timeout * 1000)), self._receive)
+        threading.Thread(target=self._reading.run_background, name=f"runner-reader-{name}", daemon=True).start()
 
     def _wait_ready(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -101,7 +108,18 @@ class RunnerProcess:
 
     @property
     def alive(self) -> bool:
-        return self.exitcode is None and not self._stopping
+        return self.exitcode is None and not self._stopping and not self._gone.is_set()
+
+    def attach(self) -> None:
+        """A generation's request thread will read its events with `next_event` until it calls `detach`."""
+        self._reading.attach()
+
+    def detach(self) -> None:
+        self._reading.detach()
+
+    def next_event(self, sink: queue.SimpleQueue, timeout: float):
+        """The next event on `sink` (raises `queue.Empty` after `timeout`), reading the pipe if nobody else is."""
+        return self._reading.get(sink, timeout)
 
     def submit(self, job: GenerationJob, sink: queue.SimpleQueue, tag: int) -> JobHandle:
         with self._lock:
@@ -131,14 +149,23 @@ class RunnerProcess:
                 del self._embeds[reply_id]
                 raise
             self._embedding_inputs += len(inputs)
+        self.attach()
         try:
-            result = reply.get()
+            result = self._wait_reply(reply)
         finally:
+            self.detach()
             with self._lock:
                 self._embedding_inputs -= len(inputs)
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def _wait_reply(self, reply: queue.SimpleQueue):
+        while True:
+            try:
+                return self.next_event(reply, IDLE_POLL_SECONDS)
+            except queue.Empty:
+                continue
 
     def queue_position(self, handle: JobHandle) -> int:
         with self._lock:
@@ -160,11 +187,11 @@ class RunnerProcess:
             self._stopping = True
             with contextlib.suppress(OSError):
                 self._conn.send(("stop",))
-        self._reader.join(STOP_SECONDS)  # the reader reaps the process: only one thread may join it
-        if self._reader.is_alive():
+        # whoever reads the pipe next sees it close and reaps the process (only one thread may join it)
+        if not self._gone.wait(STOP_SECONDS):
             log.warning("the runner for %s did not stop in %.0fs; killing it", self.name, STOP_SECONDS)
             self.process.kill()
-            self._reader.join(STOP_SECONDS)
+            self._gone.wait(STOP_SECONDS)
 
     def _check_alive(self) -> None:
         if not self.alive:
@@ -177,7 +204,7 @@ class RunnerProcess:
     def _send_locked(self, message: tuple) -> None:
         try:
             self._conn.send(message)
-        except OSError:  # the reader thread reports the death to everyone in flight
+        except OSError:  # whoever reads the pipe next reports the death to everyone in flight
             if message[0] != "cancel":
                 raise self._death_error() from None
 
@@ -195,28 +222,35 @@ class RunnerProcess:
             self.process.kill()
         self.process.join(STOP_SECONDS)
 
-    # -- the reader thread -----------------------------------------------------------------------------------
+    # -- reading the pipe (whichever thread's turn it is) ------------------------------------------------------
 
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            if message[0] == "events":
-                self._route(message[1])
-                self.kv_used = message[2]
-            elif message[0] == "cache":
-                self.cache_stats = message[1]
-            elif message[0] == "embedded":
-                with self._lock:
-                    reply = self._embeds.pop(message[1], None)
-                if reply is not None:
-                    self.decoded = True
-                    reply.put(message[2])
+    def _receive(self) -> bool:
+        """Read one message and deliver it; False once the pipe is closed."""
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            self._pipe_closed()
+            return False
+        if message[0] == "events":
+            self._route(message[1])
+            self.kv_used = message[2]
+        elif message[0] == "cache":
+            self.cache_stats = message[1]
+        elif message[0] == "embedded":
+            with self._lock:
+                reply = self._embeds.pop(message[1], None)
+            if reply is not None:
+                self.decoded = True
+                reply.put(message[2])
+        return True
+
+    def _pipe_closed(self) -> None:
+        if not self._reading.close():
+            return  # another thread saw it first and is reaping the process
         self.process.join(STOP_SECONDS)
         self.exitcode = self.process.exitcode if self.process.exitcode is not None else -signal.SIGKILL
         self._fail_in_flight()
+        self._gone.set()
         if not self._stopping:
             self._on_exit(self)
 

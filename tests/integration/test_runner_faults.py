@@ -100,7 +100,8 @@ def test_an_anthropic_stream_ends_with_an_error_event(server):
     client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "Count from 1 to 300: " + COUNTING}]
     with pytest.raises(anthropic.APIStatusError) as info, \
-            client.messages.stream(model=MODEL, max_tokens=LONG, messages=messages) as stream:
+            client.messages.stream(model=MODEL, max_tokens=LONG, messages=messages,
+                                   extra_body={"temperature": 0}) as stream:
         read_and_kill_at_first(stream, pid, lambda event: event.type == "content_block_delta")
     assert "SIGSEGV" in str(info.value) and MODEL in str(info.value)
     assert_restarted(server, pid)
