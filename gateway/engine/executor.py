@@ -29,7 +29,14 @@ from gateway.engine.jobs import (
     check_fits,
     check_queue,
 )
-from gateway.engine.llama import ContextParams, LlamaModel, LoadParams, new_context, physical_cores
+from gateway.engine.llama import (
+    ContextParams,
+    LlamaModel,
+    LoadParams,
+    new_context,
+    physical_cores,
+    supports_gpu_offload,
+)
 from gateway.engine.logprobs import token_logprobs
 from gateway.engine.prefix_cache import common_prefix, find_leader, held_prefixes, reuse_prefix
 from gateway.engine.prompt_store import PromptCacheSettings, PromptStore
@@ -40,6 +47,10 @@ from gateway.types import ErrorKind, GatewayError, SamplingParams
 log = logging.getLogger("gateway.engine")
 
 RESTORE_MIN_GAIN = 64  # a saved prefix is read from disk only if it covers this many tokens more than memory does
+# On a CPU a step's cost grows with its tokens from a few tokens on (the weights are read once per step, the
+# arithmetic is per token), so prefilling two prompts in one step saves nothing and makes the first wait for
+# the second. A step therefore takes a second prompt only while its prompt tokens are below this floor.
+PROMPTS_SHARE_BELOW = 16
 
 
 @dataclass
@@ -69,6 +80,9 @@ class Executor:
         self.parallel = max(1, min(settings.parallel, 256))
         self.n_threads = settings.n_threads or physical_cores()
         self.n_batch = max(settings.n_batch, self.parallel)
+        # with layers on a GPU a step costs about the same for a few tokens as for hundreds: prompts share steps
+        on_gpu = (settings.load or LoadParams()).n_gpu_layers != 0 and supports_gpu_offload()
+        self._prompts_share_below = self.n_batch if on_gpu else PROMPTS_SHARE_BELOW
         self.defaults = SamplingDefaults()
         self.embedding_window = min(self.model.n_ctx_train or 2048, 2048)  # tokens one embedding input may have
         self._ctx = new_context(self.model, self.n_ctx, self.n_batch, self.parallel, self.n_threads,
@@ -337,7 +351,10 @@ class Executor:
         # While others generate, a step takes at most `prefill_chunk` prompt tokens: that bounds how much a
         # newcomer's prefill slows every running stream (see bench/README.md for the trade).
         budget = self.n_batch - n if n == 0 else min(self.n_batch - n, self.settings.prefill_chunk)
+        prompt_tokens = 0
         for slot in sorted((s for s in active if s.pending), key=lambda s: s.started_at):
+            if prompt_tokens >= self._prompts_share_below:  # the oldest prompt first, one at a time
+                break
             # A followed leader holds back its last prompt token, so that it and its followers compute their
             # first tokens in the same step, from the same shared cells.
             take = min(budget, len(slot.pending) - 1) if slot in followed else budget
@@ -347,6 +364,7 @@ class Executor:
                 continue
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             budget -= len(chunk)
+            prompt_tokens += len(chunk)
             prefilled.append(slot)
             for i, token in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1

@@ -124,3 +124,34 @@ def test_a_reasoning_budget_closes_reasoning_after_that_many_tokens(executor, gr
     assert close in text and text.index(close) == len("".join(pieces[:5])), pieces
     assert text.split(close, 1)[1].strip()  # an answer follows
     assert events[-1].reason in ("stop", "length")
+
+
+def test_prompts_that_arrive_together_are_prefilled_one_after_the_other():
+    """On a CPU a step costs per token, so prefilling two prompts in one step would only make the first wait for
+    the second: the oldest is prefilled alone, and its first token comes a step before the other's. Events and
+    step ends go to one queue, in the order the decode loop makes them."""
+    log: queue.SimpleQueue = queue.SimpleQueue()
+    ex = Executor("smollm2", embedded_model_path(), ExecutorSettings(parallel=3, n_ctx=2048),
+                  after_step=lambda: log.put(("step", None)))
+    try:
+        # a running stream keeps the loop busy, so both prompts are waiting when the next step is built
+        running = ex.submit(GenerationJob(tokens(ex, "Count to fifty: 1, 2, 3,"), GREEDY, max_tokens=48), log, 0)
+        while not isinstance(log.get(timeout=60)[1], Piece):
+            pass
+        first = tokens(ex, "The history of the city of Rome begins with a small village on a hill by a river. " * 2)
+        second = tokens(ex, "A lighthouse keeper writes a letter to her sister about the storm of last winter. " * 2)
+        ex.submit(GenerationJob(first, GREEDY, max_tokens=2), log, 1)
+        ex.submit(GenerationJob(second, GREEDY, max_tokens=2), log, 2)
+        first_token_step: dict[int, int] = {}
+        step = 0
+        while len(first_token_step) < 2:
+            tag, event = log.get(timeout=60)
+            if tag == "step":
+                step += 1
+            elif tag in (1, 2) and isinstance(event, Piece):
+                first_token_step.setdefault(tag, step)
+        assert len(first) >= 16 and len(second) >= 16
+        assert first_token_step[1] < first_token_step[2]
+        running.cancel()
+    finally:
+        ex.close()
