@@ -81,6 +81,7 @@ class Metrics:
                                   ["key", "kind"], registry=r)
         self._lock = threading.Lock()
         self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
+        self._token_children: dict[tuple[str, str], tuple] = {}  # (api, model) → children; models are few
         tracker.listen(self)
 
     # -- told by the tracker, outside its lock ---------------------------------------------------------------
@@ -101,14 +102,23 @@ class Metrics:
         """`gap` is the time since the previous report (None for the first, which gives the TTFT); a report of
         several tokens at once counts as that many equal gaps."""
         model = model_label(record)
-        self.generated_tokens.labels(record.api, model).inc(count)
+        generated, itl = self._per_token(record.api, model)
+        generated.inc(count)
         if gap is None:
             if record.first_token_at is not None:
                 self.ttft.labels(model).observe(record.first_token_at - record.opened)
             return
-        itl = self.itl.labels(model)
         for _ in range(count):
             itl.observe(gap / count)
+
+    def _per_token(self, api: str, model: str) -> tuple:
+        """The generated-token counter and ITL histogram of (api, model): looked up once, not per token (a
+        `labels()` call takes a lock and builds a key; per token it was a tenth of the request thread's work)."""
+        children = self._token_children.get((api, model))
+        if children is None:
+            children = (self.generated_tokens.labels(api, model), self.itl.labels(model))
+            self._token_children[(api, model)] = children
+        return children
 
     def finished(self, record: Record) -> None:
         model = model_label(record)

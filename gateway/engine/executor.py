@@ -47,10 +47,12 @@ from gateway.types import ErrorKind, GatewayError, SamplingParams
 log = logging.getLogger("gateway.engine")
 
 RESTORE_MIN_GAIN = 64  # a saved prefix is read from disk only if it covers this many tokens more than memory does
-# On a CPU a step's cost grows with its tokens from a few tokens on (the weights are read once per step, the
-# arithmetic is per token), so prefilling two prompts in one step saves nothing and makes the first wait for
-# the second. A step therefore takes a second prompt only while its prompt tokens are below this floor.
-PROMPTS_SHARE_BELOW = 16
+# On a CPU a step's cost grows with its tokens from a few tokens on: the weights are read once per step (a Q4
+# model's bytes over the memory bandwidth) while the arithmetic is per token (twice the parameters over the
+# FLOPS), and the two meet at about 3-5 tokens for 2 to 16 cores. So prefilling two prompts in one step saves
+# nothing and makes the first wait for the second; a step takes a second prompt only while its prompt tokens are
+# below this floor (a follower's last token, a few-token continuation).
+PROMPTS_SHARE_BELOW = 8
 
 
 @dataclass
