@@ -23,7 +23,7 @@ import threading
 import time
 from multiprocessing.connection import wait
 
-from gateway.backends.shared_reader import SharedReader
+from gateway.backends.shared_reader import IDLE_POLL_SECONDS, SharedReader
 from gateway.engine import runner
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
@@ -32,7 +32,6 @@ from gateway.types import ErrorKind, GatewayError
 log = logging.getLogger("gateway.backends")
 
 STOP_SECONDS = 10.0  # how long a stopping runner may take before it is killed
-IDLE_POLL_SECONDS = 1.0  # an embedding's wait is cut into slices of this, so a lost turn cannot stall it
 MAX_EMBEDDINGS_WAITING = 8192  # embedding inputs one runner may have queued before new ones get 429
 
 
@@ -108,7 +107,7 @@ class RunnerProcess:
 
     @property
     def alive(self) -> bool:
-        return self.exitcode is None and not self._stopping and not self._gone.is_set()
+        return self.exitcode is None and not self._stopping
 
     def attach(self) -> None:
         """A generation's request thread will read its events with `next_event` until it calls `detach`."""
