@@ -689,6 +689,11 @@ class MessagesStream(BaseStream):
         if self.blocks_done:
             return []
         if isinstance(event, TextDelta) and event.text:
+            if self.open == ("text", 0):  # the text block goes on: only the text changes
+                index = self.started - 1
+                return [self.text_frame(index, lambda t: _event(
+                    {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": t}}),
+                    event.text)]
             return self._write(("text", 0), {"type": "text", "text": ""}, {"type": "text_delta", "text": event.text})
         if isinstance(event, ThinkingDelta) and event.text:
             return self._write(("thinking", 0), {"type": "thinking", "thinking": "", "signature": ""},

@@ -559,6 +559,8 @@ class GenerationStream(OllamaStream):
 
     def event_frames(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, TextDelta):
+            if event.logprobs is None:
+                return [self.text_frame(0, lambda t: self._line(content=t), event.text)]
             return [self._line(content=event.text, logprobs=render_logprobs(event.logprobs))]
         if isinstance(event, ThinkingDelta):
             return [self._line(thinking=event.text)]

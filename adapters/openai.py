@@ -509,6 +509,9 @@ class ChatStream(OpenAIStream):
 
     def delta(self, event: OutputEvent) -> list[Frame]:
         if isinstance(event, TextDelta):
+            if event.logprobs is None:
+                index = event.index
+                return [self.text_frame(index, lambda t: self.chunk([self._choice(index, {"content": t})]), event.text)]
             return [self.chunk([self._choice(event.index, {"content": event.text},
                                              render_chat_logprobs(event.logprobs))])]
         if isinstance(event, ThinkingDelta):
@@ -547,6 +550,9 @@ class CompletionStream(OpenAIStream):
     def delta(self, event: OutputEvent) -> list[Frame]:
         if not isinstance(event, TextDelta):
             return []
+        if event.logprobs is None:
+            index = event.index
+            return [self.text_frame(index, lambda t: self.chunk([self._choice(index, t, None)]), event.text)]
         return [self.chunk([self._choice(event.index, event.text, self._logprobs(event))])]
 
     def finish_choice(self, event: ChoiceDone) -> dict[str, Any]:

@@ -180,12 +180,15 @@ class Conversations:
         self.store.put(StoredResponse(thread.id, [*history, said], _without_logprobs(result), dict(req.render)))
         return result
 
-    def follow(self, req: InternalRequest, events: Iterable[Any]) -> Iterator[Any]:
+    def follow(self, req: InternalRequest, events: Iterable[Any]) -> Iterable[Any]:
         """Pass a stream's events on, gathering its answer as they go by, and keep it at `Done`: a stream the
-        client left early is not kept."""
+        client left early is not kept. A stream that is not kept passes as it is, without a generator layer that
+        would cost every token a call."""
         if req.response is None or not req.response.store:
-            yield from events
-            return
+            return events
+        return self._gathering(req, events)
+
+    def _gathering(self, req: InternalRequest, events: Iterable[Any]) -> Iterator[Any]:
         choice = Choice(0)
         for event in events:
             if isinstance(event, (TextDelta, ThinkingDelta, ToolCallDelta, ChoiceDone)) and event.index == 0:

@@ -13,6 +13,7 @@ import logging
 import secrets
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -230,12 +231,16 @@ def _read_body(route: Route) -> Any:
 def register_send_timeout(app: Flask, seconds: float) -> None:
     """A client that stops reading must not hold an HTTP thread forever: once the socket's buffers are full, a
     write that makes no progress for `seconds` fails, gunicorn closes the connection, and closing the response
-    cancels its generation. (gunicorn puts the socket back in blocking mode for the next request.)"""
+    cancels its generation. The kernel keeps the time (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops
+    arriving): Python's own socket timeout would poll the socket before every write, a system call per token."""
+    whole = int(seconds)
+    limit = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
     def set_timeout() -> None:
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
-            sock.settimeout(seconds)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
 
     app.before_request(set_timeout)
 

@@ -27,6 +27,7 @@ from gateway.backends.shared_reader import IDLE_POLL_SECONDS, SharedReader
 from gateway.engine import runner
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
+from gateway.engine.wire import MessageReader, expand_event
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.backends")
@@ -72,6 +73,8 @@ class RunnerProcess:
                                        name=f"runner-{name}", daemon=True)
         self.process.start()
         child_end.close()
+        self._messages = MessageReader(self._conn.fileno())
+        self._early: list = []  # messages read with "ready" that belong to the time after it
         self.facts = self._wait_ready(load_timeout)
         self.cache_stats = self.facts.get("prompt_cache")
         self.pid = self.process.pid
@@ -89,17 +92,20 @@ class RunnerProcess:
                 self._kill()
                 raise RuntimeError(f"the runner for {self.name} did not load within {timeout:.0f}s")
             ready = wait([self._conn, self.process.sentinel], remaining)
+            closed = False
             if self._conn in ready:
                 try:
-                    message = self._conn.recv()
-                except (EOFError, OSError):
-                    continue  # it died: the sentinel says how
-                if message[0] == "ready":
-                    return message[1]
-                self._kill()
-                raise RuntimeError(message[1])
-            if self.process.sentinel in ready:
-                self.process.join()
+                    messages = self._messages.read()
+                except (EOFError, OSError):  # it died: its exit status says how
+                    messages, closed = [], True
+                if messages and messages[0][0] == "ready":
+                    self._early = messages[1:]
+                    return messages[0][1]
+                if messages:
+                    self._kill()
+                    raise RuntimeError(messages[0][1])
+            if closed or self.process.sentinel in ready:
+                self.process.join(STOP_SECONDS)
                 reason = exit_reason(self.process.exitcode)
                 raise RuntimeError(f"the runner for {self.name} died while loading ({reason})")
 
@@ -224,12 +230,19 @@ class RunnerProcess:
     # -- reading the pipe (whichever thread's turn it is) ------------------------------------------------------
 
     def _receive(self) -> bool:
-        """Read one message and deliver it; False once the pipe is closed."""
+        """Read what the pipe holds and deliver each message in it; False once the pipe is closed."""
         try:
-            message = self._conn.recv()
+            messages = self._messages.read()
         except (EOFError, OSError):
             self._pipe_closed()
             return False
+        if self._early:
+            messages, self._early = [*self._early, *messages], []
+        for message in messages:
+            self._deliver(message)
+        return True
+
+    def _deliver(self, message: tuple) -> None:
         if message[0] == "events":
             self._route(message[1])
             self.kv_used = message[2]
@@ -241,7 +254,6 @@ class RunnerProcess:
             if reply is not None:
                 self.decoded = True
                 reply.put(message[2])
-        return True
 
     def _pipe_closed(self) -> None:
         if not self._reading.close():
@@ -254,7 +266,8 @@ class RunnerProcess:
             self._on_exit(self)
 
     def _route(self, items: list) -> None:
-        for job_id, event in items:
+        for job_id, wired in items:
+            event = expand_event(wired)
             with self._lock:
                 handle = self._jobs.get(job_id)
                 if isinstance(event, Started):

@@ -6,10 +6,11 @@ starts a fresh runner for the next one. The runner knows no HTTP and no API fami
 and sends back the engine's events, gathered per decode step into one message so that IPC costs one
 send per step, not one per token.
 
-Messages, parent → runner: ("submit", job_id, GenerationJob), ("cancel", job_id), ("embed", reply_id,
-token lists), ("stop",). Runner → parent: ("ready", facts), ("load_failed", text), ("events", [(job_id,
-event)...], kv_used), ("embedded", reply_id, vectors or GatewayError), ("cache", the persistent prompt
-cache's stats) after a step that changed them.
+Messages, parent → runner (a `multiprocessing` Connection): ("submit", job_id, GenerationJob), ("cancel",
+job_id), ("embed", reply_id, token lists), ("stop",). Runner → parent, on the same pipe in the framing of
+`gateway/engine/wire.py`: ("ready", facts), ("load_failed", text), ("events", [(job_id, event)...], kv_used),
+("embedded", reply_id, vectors or GatewayError), ("cache", the persistent prompt cache's stats) after a step
+that changed them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 from gateway.engine.executor import Executor, ExecutorSettings
 from gateway.engine.jobs import EngineEvent, Finished, JobHandle
 from gateway.engine.llama import LoadParams
+from gateway.engine.wire import compact_event, write_message
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.runner")
@@ -38,7 +40,7 @@ class Outbox:
     at a time."""
 
     def __init__(self, conn: Connection):
-        self._conn = conn
+        self._fd = conn.fileno()
         self._items: list[tuple[int, EngineEvent]] = []
         self.kv_used = lambda: 0
         self.cache_stats: Callable[[], dict | None] = lambda: None  # None: unchanged since last sent
@@ -53,13 +55,13 @@ class Outbox:
             for job_id, event in items:
                 if isinstance(event, Finished):
                     self.jobs.pop(job_id, None)
-            self.send(("events", items, self.kv_used()))
+            self.send(("events", [(job_id, compact_event(event)) for job_id, event in items], self.kv_used()))
         stats = self.cache_stats()
         if stats is not None:
             self.send(("cache", stats))
 
     def send(self, message: tuple) -> None:
-        self._conn.send(message)
+        write_message(self._fd, message)
 
 
 class EmbedReply:
@@ -85,14 +87,14 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
     try:
         executor = Executor(name, path, settings, after_step=outbox.flush)
     except Exception as exc:  # a file llama.cpp refuses, a context it cannot allocate
-        conn.send(("load_failed", str(exc)))
+        outbox.send(("load_failed", str(exc)))
         return
     outbox.kv_used = executor.kv_used
     outbox.cache_stats = executor.cache_stats
-    conn.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
-                         "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
-                         "repack": (settings.load or LoadParams()).repack,
-                         "prompt_cache": executor.cache_stats(changed_only=False)}))
+    outbox.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
+                           "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
+                           "repack": (settings.load or LoadParams()).repack,
+                           "prompt_cache": executor.cache_stats(changed_only=False)}))
     status = 0
     try:
         status = serve(conn, executor, outbox)

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import tracker as tracker_module
-from gateway.metrics import Metrics
+from gateway.metrics import PENDING_MAX, Metrics
 from gateway.tracker import Tracker
 from tests.unit.test_tracker import FakeClock
 
@@ -139,3 +139,24 @@ def test_every_name_has_the_prefix_and_each_app_has_its_own_registry(clock: Fake
     names = {name for name, _ in scrape(first)}
     assert names and all(name.startswith("llm_gateway_") for name in names)
     assert not any(name.startswith("llm_gateway_requests_total") for name, _ in scrape(second))
+
+
+def test_token_reports_reach_the_metrics_without_a_scrape_once_enough_are_queued(clock: FakeClock) -> None:
+    tracker = Tracker()
+    metrics = Metrics(tracker)
+    rec = tracker.open("r", "openai", "/v1/chat/completions", MODEL, True)
+    rec.set_model(MODEL)
+    rec.started(3, 0, None)
+    clock.advance(0.5)
+    children = None
+    for _ in range(PENDING_MAX + 1):  # the first report gives the TTFT; the rest queue their gaps
+        rec.tokens()
+        clock.advance(0.01)
+        children = children or metrics._per_token("openai", MODEL)
+    generated, itl = children
+    assert generated._value.get() == PENDING_MAX + 1  # applied when the queue filled, before any scrape
+    assert itl._sum.get() == pytest.approx(0.01 * PENDING_MAX)
+    rec.tokens()
+    assert generated._value.get() == PENDING_MAX + 1  # queued again
+    assert scrape(metrics)[("llm_gateway_generated_tokens_total", (("api", "openai"), ("model", MODEL)))] == \
+        PENDING_MAX + 2
