@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 from pathlib import Path
 
 import pytest
 
-from adapters.base import SSE_KEEPALIVE, BaseStream, Frame, RequestContext
+from adapters import claude, ollama, openai
+from adapters.base import SSE_KEEPALIVE, BaseStream, Frame, RequestContext, TextFrame, sse
 from gateway.types import Done, ErrorKind, GatewayError, InternalRequest, OutputEvent, TextDelta, Usage
 
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
@@ -78,3 +80,31 @@ def test_an_error_is_the_last_frame() -> None:
     assert stream.keepalive() == []
     assert stream.error(GatewayError(ErrorKind.INTERNAL, "boom")) == [b"boom"] and stream.closed
     assert stream.feed(Done(Usage())) == [] and stream.error(GatewayError(ErrorKind.INTERNAL, "again")) == []
+
+
+TRICKY_TEXTS = ["plain", "", 'a "quote" and \\ backslash', "line\nbreak\ttab", "é ✓ 🦙", "\u2028\x00", "\x00text\x00"]
+
+
+def test_a_text_frame_renders_what_its_renderer_would() -> None:
+    def render(text: str) -> Frame:
+        return sse({"id": "x", "choices": [{"index": 0, "delta": {"content": text}}], "usage": None})
+
+    frame = TextFrame(render)
+    for text in TRICKY_TEXTS:
+        assert frame(text) == render(text)
+
+
+@pytest.mark.parametrize("make, text_of", [
+    (openai.ChatStream, lambda line: json.loads(line[6:])["choices"][0]["delta"]["content"]),
+    (openai.CompletionStream, lambda line: json.loads(line[6:])["choices"][0]["text"]),
+    (ollama.GenerationStream, lambda line: json.loads(line)["message"]["content"]),
+    (claude.MessagesStream, lambda line: json.loads(line.split("data: ")[1])["delta"]["text"]),
+])
+def test_every_familys_plain_text_frames_carry_the_text_exactly(make, text_of) -> None:
+    stream = make(REQ, CTX)
+    stream.start()
+    if make is claude.MessagesStream:
+        stream.feed(TextDelta(0, "opens the block"))
+    for text in TRICKY_TEXTS[2:]:  # Anthropic sends no empty delta
+        (frame,) = stream.feed(TextDelta(0, text))
+        assert text_of(frame.decode().strip()) == text
