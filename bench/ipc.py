@@ -2,8 +2,9 @@
 
 The gateway decodes each model in a runner process (gateway/engine/runner.py) so that a crash in llama.cpp
 ends the runner, not the API server. The price is IPC: after every decode step the runner pickles that step's
-events into one message and sends it down a pipe, and a reader thread in the API process unpickles it and routes
-each event. This script puts a number on that price two ways, in one run:
+events into one message and writes it to a pipe, and a thread of the API process (the request thread that is
+waiting, gateway/backends/shared_reader.py) reads and unpickles it and routes each event. This script puts a
+number on that price two ways, in one run:
 
 (a) End to end. Identical greedy jobs (same prompt tokens, ``--max-tokens`` each, end-of-generation ignored so
     every job generates exactly that many) run closed-loop at each concurrency c, alternately on an in-process
@@ -11,11 +12,13 @@ each event. This script puts a number on that price two ways, in one run:
     the HTTP-side prompt rendering, which the in-process path does not do either). Same settings (threads,
     parallel, context, repacking), same consumer (one thread draining one queue and resubmitting), same token
     counts. It reports aggregate tok/s of each, runner / in-process, and the in-process decode step time.
-(b) One message. A step's message as ``Outbox.flush`` sends it, ``("events", [(job_id, Piece("tok"))] * c,
-    kv_used)``, through a ``multiprocessing`` spawn-context Pipe: the sender's CPU per message (it runs on the
-    runner's decode thread, so it lengthens the step), the receiver's CPU per message (the parent's reader
-    thread, on the same two cores), the one-way latency (half a round trip), and both CPU costs as a fraction
-    of the step time measured in (a) at the same c.
+(b) One message. A step's message as ``Outbox.flush`` sends it, ``("events", [(job_id, "tok")] * c, kv_used)``
+    (a plain token travels as its text), written and read as the runner and the API process do
+    (gateway/engine/wire.py) through a ``multiprocessing`` spawn-context Pipe: the sender's CPU per message (it
+    runs on the runner's decode thread, so it lengthens the step), the receiver's CPU per message (on the same
+    two cores; one read may bring several messages), the one-way latency (half a round trip, the outbound half
+    on the ``Connection`` as submits and cancels go), and both CPU costs as a fraction of the step time measured
+    in (a) at the same c.
 
 Both model copies are loaded at once (about 2 x 400 MB at ctx 8192) so the two paths can alternate within one
 run: only same-run ratios mean anything on a shared 2-core machine.
@@ -31,6 +34,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import pickle
 import queue
 import statistics
 import sys
@@ -42,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.engine.jobs import Finished, Piece  # noqa: E402  (stdlib and gateway.types only)
+from gateway.engine.wire import HEADER, MessageReader, compact_event, write_message  # noqa: E402
 
 MODEL_NAME = "smollm2-135m-instruct"
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper. Every day he"
@@ -53,46 +58,53 @@ Submit = Callable[[Any, queue.SimpleQueue, int], Any]
 
 def step_message(n_events: int, kv_used: int = 1234) -> tuple:
     """What `Outbox.flush` sends after a step in which n_events sequences each produced one token."""
-    return ("events", [(job_id, Piece("tok")) for job_id in range(1, n_events + 1)], kv_used)
+    return ("events", [(job_id, compact_event(Piece("tok"))) for job_id in range(1, n_events + 1)], kv_used)
 
 
 def _pipe_peer(conn, n_events: int, count: int, pings: int) -> None:
     """The child, in the runner's role: send `count` step messages as fast as it can (timing its own CPU),
     then echo `pings` messages back for the latency measurement."""
     message = step_message(n_events)
+    fd = conn.fileno()
     conn.recv()  # "go"
     cpu0, wall0 = time.thread_time(), time.perf_counter()
     for _ in range(count):
-        conn.send(message)
+        write_message(fd, message)
     cpu1, wall1 = time.thread_time(), time.perf_counter()
-    conn.send(("sent", cpu1 - cpu0, wall1 - wall0))
+    write_message(fd, ("sent", cpu1 - cpu0, wall1 - wall0))
     for _ in range(pings):
-        conn.send(conn.recv())
+        write_message(fd, conn.recv())
     conn.close()
 
 
 def pipe_cost(n_events: int, count: int, pings: int) -> dict[str, float]:
     """µs per message for sender CPU, receiver CPU, one-way latency, and the pickled size."""
-    from multiprocessing.reduction import ForkingPickler
-
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_pipe_peer, args=(child, n_events, count, pings), daemon=True)
     proc.start()
     child.close()  # ENGINE-NOTES "The trap": else a dead peer never gives us EOF
+    reader = MessageReader(parent.fileno())
+    waiting: list = []
+
+    def receive():
+        while not waiting:
+            waiting.extend(reader.read())
+        return waiting.pop(0)
+
     try:
         parent.send("go")
         cpu0, wall0 = time.thread_time(), time.perf_counter()
         for _ in range(count):
-            parent.recv()
+            receive()
         cpu1, wall1 = time.thread_time(), time.perf_counter()
-        _, send_cpu, send_wall = parent.recv()
+        _, send_cpu, send_wall = receive()
         message = step_message(n_events)
         rtts = []
         for _ in range(pings):
             t = time.perf_counter()
             parent.send(message)
-            parent.recv()
+            receive()
             rtts.append(time.perf_counter() - t)
     finally:
         proc.join(10)
@@ -100,7 +112,7 @@ def pipe_cost(n_events: int, count: int, pings: int) -> dict[str, float]:
             proc.kill()
     return {
         "events_per_message": n_events,
-        "bytes": len(ForkingPickler.dumps(step_message(n_events))),
+        "bytes": HEADER.size + len(pickle.dumps(step_message(n_events), pickle.HIGHEST_PROTOCOL)),
         "messages": count,
         "send_cpu_us": send_cpu / count * 1e6,
         "recv_cpu_us": (cpu1 - cpu0) / count * 1e6,
@@ -242,7 +254,7 @@ def report(e2e: dict[str, Any] | None, pipe: list[dict[str, float]]) -> str:
         lines.append("")
     step_ms = {lv["concurrency"]: lv["step_ms"] for lv in (e2e or {}).get("levels", [])}
     lines += [
-        "(b) One step's message (`(\"events\", [(job_id, Piece(\"tok\"))] * n, kv_used)`) through a spawn Pipe",
+        "(b) One step's message (`(\"events\", [(job_id, \"tok\")] * n, kv_used)`, framed by gateway/engine/wire.py)",
         "",
         "| events/msg | bytes | send CPU µs | recv CPU µs | one-way latency µs | msgs/s | send / step | "
         "(send + recv) / step |",
