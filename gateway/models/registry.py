@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -221,8 +222,8 @@ class ModelRegistry:
         what a single-model view shows: every header key except token arrays, the template, the defaults."""
         if spec.upstream is not None or spec.managed is not None:
             return _elsewhere_info(spec, loaded, max_model_len)
-        meta = read_metadata(spec.path)
         stat = os.stat(spec.path)
+        meta, file_digest = _file_facts(spec.path, stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         info = ModelInfo(
             name=spec.name,
             created=int(stat.st_mtime),
@@ -234,7 +235,7 @@ class ModelRegistry:
             parameter_count=meta.parameter_count,
             parameter_size=meta.parameter_size,
             quantization=meta.quantization,
-            digest=spec.digest or _file_digest(spec.path, stat),
+            digest=spec.digest or file_digest,
             aliases=list(spec.aliases),
             loaded=loaded,
             capabilities=capabilities(meta, spec),
@@ -294,10 +295,13 @@ def capabilities(meta: GGUFMetadata, spec: ModelSpec) -> list[str]:
     return found
 
 
-def _file_digest(path: str, stat: os.stat_result) -> str:
-    """A stable id for a loose GGUF file (path, size and time): hashing gigabytes for a listing would be slow."""
-    key = f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    return "sha256:" + hashlib.sha256(key).hexdigest()
+@functools.lru_cache(maxsize=256)
+def _file_facts(path: str, device: int, inode: int, mtime_ns: int, size: int) -> tuple[GGUFMetadata, str]:
+    """A model file's header and its digest, once per version of the file (a listing stats each file once,
+    instead of resolving its path twice, a few system calls per folder on the way). The digest is a stable id
+    of a loose GGUF file (path, size and time): hashing gigabytes for a listing would be slow."""
+    key = f"{os.path.realpath(path)}:{size}:{mtime_ns}".encode()
+    return read_metadata(path), "sha256:" + hashlib.sha256(key).hexdigest()
 
 
 def _is_glob(alias: str) -> bool:
