@@ -21,7 +21,8 @@ import struct
 from gateway.engine.jobs import EngineEvent, Piece
 
 HEADER = struct.Struct("<Q")
-READ_SIZE = 65536  # a step's message is ~100 bytes a sequence; an embedding reply may be megabytes
+READ_SIZE = 65536  # a step's message is ~50 bytes a sequence
+LONG_READ_SIZE = 1 << 20  # while a long message (an embedding reply may be megabytes) is arriving
 
 
 def compact_event(event: EngineEvent) -> EngineEvent | str:
@@ -55,7 +56,8 @@ class MessageReader:
     def read(self) -> list:
         """The messages completed by one read (none while a long one is still arriving); EOFError once the
         writer has closed its end."""
-        chunk = os.read(self._fd, max(READ_SIZE, self._wanted - len(self._buffer)))
+        missing = self._wanted - len(self._buffer)
+        chunk = os.read(self._fd, LONG_READ_SIZE if missing > READ_SIZE else READ_SIZE)
         if not chunk:
             raise EOFError
         buffer = self._buffer
