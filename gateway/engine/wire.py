@@ -50,28 +50,31 @@ class MessageReader:
 
     def __init__(self, fd: int):
         self._fd = fd
-        self._buffer = bytearray()
-        self._wanted = HEADER.size  # bytes the buffer needs before its first message is complete
+        self._parts: list[bytes] = []  # the start of a message still arriving
+        self._missing = 0  # bytes it needs before it can be parsed further
 
     def read(self) -> list:
         """The messages completed by one read (none while a long one is still arriving); EOFError once the
-        writer has closed its end."""
-        missing = self._wanted - len(self._buffer)
-        chunk = os.read(self._fd, LONG_READ_SIZE if missing > READ_SIZE else READ_SIZE)
+        writer has closed its end. In the common case, whole messages in one read, nothing is copied."""
+        chunk = os.read(self._fd, LONG_READ_SIZE if self._missing > READ_SIZE else READ_SIZE)
         if not chunk:
             raise EOFError
-        buffer = self._buffer
-        buffer += chunk
+        if self._parts:
+            self._parts.append(chunk)
+            self._missing -= len(chunk)
+            if self._missing > 0:
+                return []
+            chunk, self._parts = b"".join(self._parts), []
         messages = []
-        at = 0
-        while len(buffer) - at >= HEADER.size:
-            end = at + HEADER.size + HEADER.unpack_from(buffer, at)[0]
-            if len(buffer) < end:
-                self._wanted = end - at
+        at, size, view = 0, len(chunk), memoryview(chunk)
+        while size - at >= HEADER.size:
+            end = at + HEADER.size + HEADER.unpack_from(chunk, at)[0]
+            if end > size:
                 break
-            messages.append(pickle.loads(buffer[at + HEADER.size:end]))
+            messages.append(pickle.loads(view[at + HEADER.size:end]))
             at = end
-        else:
-            self._wanted = HEADER.size
-        del buffer[:at]
+        if at < size:
+            self._parts = [chunk[at:]]
+            whole = end - at if size - at >= HEADER.size else HEADER.size
+            self._missing = whole - (size - at)
         return messages
