@@ -74,17 +74,19 @@ class RunnerProcess:
         self.process.start()
         child_end.close()
         self._messages = MessageReader(self._conn.fileno())
-        self._early: list = []  # messages read with "ready" that belong to the time after it
-        self.facts = self._wait_ready(load_timeout)
+        self.facts, early = self._wait_ready(load_timeout)
         self.cache_stats = self.facts.get("prompt_cache")
         self.pid = self.process.pid
         self._gone = threading.Event()  # set once the process is reaped and everyone in flight was told
         readable = select.poll()  # one poll object for the runner's life: `Connection.poll` builds one per call
         readable.register(self._conn.fileno(), select.POLLIN)
         self._reading = SharedReader(lambda timeout: bool(readable.poll(timeout * 1000)), self._receive)
+        for message in early:  # read together with "ready"
+            self._deliver(message)
         threading.Thread(target=self._reading.run_background, name=f"runner-reader-{name}", daemon=True).start()
 
-    def _wait_ready(self, timeout: float) -> dict:
+    def _wait_ready(self, timeout: float) -> tuple[dict, list]:
+        """The runner's facts, and any messages that came in the same read after them."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -99,8 +101,7 @@ class RunnerProcess:
                 except (EOFError, OSError):  # it died: its exit status says how
                     messages, closed = [], True
                 if messages and messages[0][0] == "ready":
-                    self._early = messages[1:]
-                    return messages[0][1]
+                    return messages[0][1], messages[1:]
                 if messages:
                     self._kill()
                     raise RuntimeError(messages[0][1])
@@ -236,8 +237,6 @@ class RunnerProcess:
         except (EOFError, OSError):
             self._pipe_closed()
             return False
-        if self._early:
-            messages, self._early = [*self._early, *messages], []
         for message in messages:
             self._deliver(message)
         return True
