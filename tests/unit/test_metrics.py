@@ -3,6 +3,8 @@ parsed with prometheus-client's own parser (as a scraper sees them)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,12 +71,18 @@ def test_a_request_moves_every_request_metric_once(clock: FakeClock) -> None:
     assert s[("llm_gateway_e2e_request_latency_seconds_sum", model)] == pytest.approx(0.75)
 
 
-def test_several_tokens_in_one_report_count_as_equal_gaps(clock: FakeClock) -> None:
+def started_stream(api: str, endpoint: str) -> tuple[Tracker, Metrics, Any]:
+    """A tracker with metrics listening, and one streaming request of MODEL that has started."""
     tracker = Tracker()
     metrics = Metrics(tracker)
-    rec = tracker.open("r", "ollama", "/api/chat", MODEL, True)
+    rec = tracker.open("r", api, endpoint, MODEL, True)
     rec.set_model(MODEL)
     rec.started(3, 0, None)
+    return tracker, metrics, rec
+
+
+def test_several_tokens_in_one_report_count_as_equal_gaps(clock: FakeClock) -> None:
+    _, metrics, rec = started_stream("ollama", "/api/chat")
     rec.tokens()
     clock.advance(0.3)
     rec.tokens(3)
@@ -142,11 +150,7 @@ def test_every_name_has_the_prefix_and_each_app_has_its_own_registry(clock: Fake
 
 
 def test_token_reports_reach_the_metrics_without_a_scrape_once_enough_are_queued(clock: FakeClock) -> None:
-    tracker = Tracker()
-    metrics = Metrics(tracker)
-    rec = tracker.open("r", "openai", "/v1/chat/completions", MODEL, True)
-    rec.set_model(MODEL)
-    rec.started(3, 0, None)
+    _, metrics, rec = started_stream("openai", "/v1/chat/completions")
     clock.advance(0.5)
     children = None
     for _ in range(PENDING_MAX + 1):  # the first report gives the TTFT; the rest queue their gaps
