@@ -50,7 +50,7 @@ def serve(settings: Settings, load: Callable[[], Settings]) -> None:
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
 
-    from gateway import reload, shutdown
+    from gateway import reload, shutdown, time_slice
     from gateway.app import create_app
 
     class HupToWorker(Arbiter):
@@ -77,7 +77,9 @@ def serve(settings: Settings, load: Callable[[], Settings]) -> None:
             self.cfg.set("post_worker_init", worker_init)
             self.cfg.set("worker_exit", lambda server, worker: shutdown.stop_runners(worker))
 
-        def load(self):
+        def load(self):  # in the worker, before its threads start: they inherit the slice
+            slice_taken = time_slice.shorten(settings.http_slice_us)
+            logging.getLogger("gateway").info("HTTP threads' time slice: %s", slice_taken)
             return create_app(settings)
 
         def run(self) -> None:

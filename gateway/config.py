@@ -17,6 +17,8 @@ import yaml
 from gateway.engine_options import CACHE_TYPES, FLASH_ATTN_MODES, MAX_DEVICES, QUANTIZED_CACHE_TYPES
 from gateway.keys import KeyPolicy, parse_keys
 from gateway.prompt_rules import DEFAULT_RULES, PromptRule, parse_rules
+from gateway.time_slice import MAX_US as MAX_SLICE_US
+from gateway.time_slice import MIN_US as MIN_SLICE_US
 from gateway.types import parse_duration
 
 
@@ -43,6 +45,10 @@ SETTINGS: list[Setting] = [
     Setting("log_format", "plain", str, "Log lines as plain text, or 'json': one object per line (a finished "
                                         "request's line carries its fields)."),
     Setting("http_threads", 64, int, "HTTP worker threads (each open stream holds one)."),
+    Setting("http_slice_us", 100, int, "Microseconds of CPU time slice the API process's threads ask Linux for "
+                                       "(6.12+). A short slice lets the thread that passes a token on run at "
+                                       "once, instead of after the decode threads' slice; it does not change "
+                                       "their share of the CPU. 0: the kernel's default. 100 to 100000."),
     Setting("max_body_bytes", 16 * 1024 * 1024, int, "Largest request body accepted (413 above)."),
     Setting("api_keys", [], list, "If not empty, requests must carry one of these keys (Bearer or x-api-key). A "
                                   "key is a string, or {key, name, max_concurrent, requests_per_minute, "
@@ -153,7 +159,7 @@ SETTINGS: list[Setting] = [
 _BY_KEY = {s.key: s for s in SETTINGS}
 
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
-    ("Server", ("host", "port", "http_threads", "max_body_bytes", "keepalive_seconds", "send_timeout",
+    ("Server", ("host", "port", "http_threads", "http_slice_us", "max_body_bytes", "keepalive_seconds", "send_timeout",
                 "shutdown_grace")),
     ("Models", ("models_dirs", "ollama_models", "embedded_model", "aliases", "default_model", "pinned",
                 "ollama_registry", "registry_hosts", "registry_private_networks", "store_changes")),
@@ -297,6 +303,9 @@ def _validate(settings: Settings) -> None:
     for key in positive:
         if settings.values[key] <= 0:
             raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")
+    if settings.http_slice_us and not MIN_SLICE_US <= settings.http_slice_us <= MAX_SLICE_US:
+        raise ConfigError(f"`http_slice_us` must be 0 (the kernel's default) or {MIN_SLICE_US} to {MAX_SLICE_US}, "
+                          f"got {settings.http_slice_us}")
     if settings.parallel > 256:
         raise ConfigError(f"`parallel` must be at most 256, got {settings.parallel}")
     settings.values["log_level"] = settings.log_level.lower()  # the seed wrote INFO

@@ -28,6 +28,7 @@ from gateway.engine import runner
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
 from gateway.engine.wire import MessageReader, expand_event
+from gateway.time_slice import DefaultSlice
 from gateway.types import ErrorKind, GatewayError
 
 log = logging.getLogger("gateway.backends")
@@ -71,7 +72,8 @@ class RunnerProcess:
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=runner.run, args=(child_end, name, path, settings, log_level),
                                        name=f"runner-{name}", daemon=True)
-        self.process.start()
+        with DefaultSlice():  # the runner's decode threads keep the kernel's default slice
+            self.process.start()
         child_end.close()
         self._messages = MessageReader(self._conn.fileno())
         self.facts, early = self._wait_ready(load_timeout)

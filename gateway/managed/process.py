@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from gateway.time_slice import DefaultSlice
+
 log = logging.getLogger("gateway.managed")
 
 POLL = 0.05  # seconds between looks at /proc while waiting for a group to end
@@ -96,9 +98,10 @@ class ProcessGroup:
         with open(log_path, "a", encoding="utf-8") as log_file:
             log_file.write(f"{note}$ {shlex.join(self.argv)}\n")
             log_file.flush()
-            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                          stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                          start_new_session=True)
+            with DefaultSlice():  # an engine decodes: it keeps the kernel's default slice
+                self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                              stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                              start_new_session=True)
         self.pid = self.popen.pid
         self.start = start_time(self.pid)
 

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from gateway.models.embedded import embedded_model_path
-from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer
+from gateway.time_slice import slice_ns
+from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer, descendants
 from tests.integration.test_model_pool import CACHE
 from tests.models import GEMMA_MODEL_NAME, gemma_test_model
 from tests.waiting import wait_for
@@ -162,6 +163,19 @@ def test_unloading_a_model_ends_its_runner(server):
     requests.post(server.url + "/api/generate", json={"model": GEMMA_MODEL_NAME, "keep_alive": 0},
                   timeout=60).raise_for_status()
     assert gone(pid)
+
+
+def test_the_api_threads_have_the_short_slice_and_the_runners_threads_the_kernels_default(server):
+    """The runner is started from a request thread, which has the short slice: it must not pass it on."""
+    said = next(line for line in server.log_path.read_text().splitlines() if "HTTP threads' time slice:" in line)
+    pid = runner(server)["pid"]
+    worker = next(p for p in descendants(server.proc.pid) if pid in descendants(p))
+    api, decode = ({slice_ns(int(task.name)) for task in Path(f"/proc/{p}/task").iterdir()} - {None}
+                   for p in (worker, pid))
+    if said.endswith("100 µs"):
+        assert api == {100_000} and decode and 100_000 not in decode
+    else:  # a kernel before 6.12: nothing changed, and the log said why
+        assert "the kernel's default (" in said and api == decode
 
 
 def test_the_dashboard_feed_shows_crashes_and_restarts(server):

@@ -34,12 +34,12 @@ ALLOWED: dict[str, set[str]] = {
     # a managed model's entry is checked by building its launch command once, when the config is read
     "gateway.models.managed_config": MODELS | {"gateway.managed.engines"},
     # engine servers the gateway starts (vLLM, SGLang, llama-server...): processes and HTTP probes, standard
-    # library only, so scripts use it without the gateway
-    "gateway.managed.*": {"gateway.managed.*"},
+    # library only (time_slice is too), so scripts use it without the rest of the gateway
+    "gateway.managed.*": {"gateway.managed.*", "gateway.time_slice"},
     # backends: the only layer that knows an engine (an upstream engine over HTTP, with requests)
     "gateway.backends.*": {"gateway.types", "gateway.backends.*", "gateway.engine.*", "gateway.managed.*",
                            "gateway.models.*", "gateway.chat_formats", "gateway.output", "gateway.prompt_rules",
-                           "requests", "urllib3"},
+                           "gateway.time_slice", "requests", "urllib3"},
     # the service talks to backends through their interface and the pool, never to the engine's internals
     "gateway.service": {"gateway.types", "gateway.__version__", "gateway.backends.base", "gateway.backends.pool",
                         "gateway.engine.jobs", "gateway.limits", "gateway.model_changes", "gateway.models.registry",
@@ -63,7 +63,10 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.auth": {"gateway.types", "gateway.browser_guard", "gateway.keys"},
     "gateway.browser_guard": {"gateway.types"},
     "gateway.types": set(),
-    "gateway.config": {"gateway.types", "gateway.keys", "gateway.engine_options", "gateway.prompt_rules", "yaml"},
+    "gateway.config": {"gateway.types", "gateway.keys", "gateway.engine_options", "gateway.prompt_rules",
+                       "gateway.time_slice", "yaml"},
+    # the API threads' scheduler slice, and the default one for the processes they start: standard library only
+    "gateway.time_slice": set(),
     # agent-noise rules: checked by the config, applied by backends to system prompts
     "gateway.prompt_rules": {"gateway.types"},
     # POST /api/cache/warm: a route whose body any family's parser (handed in, never imported) reads
@@ -73,7 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.app": {"adapters.*", "gateway.*", "flask"},
     "gateway.__main__": {"gateway.app", "gateway.config", "gateway.engine.cpu", "gateway.engine.llama",
                          "gateway.models.registry", "gateway.request_log", "gateway.shutdown", "gateway.reload",
-                         "gunicorn"},
+                         "gateway.time_slice", "gunicorn"},
     "gateway.request_log": set(),
     "gateway.shutdown": {"gateway.types"},
     "gateway.reload": {"gateway.config"},
