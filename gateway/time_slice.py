@@ -35,6 +35,8 @@ class _SchedAttr(ctypes.Structure):
 
 
 class _Calls:
+    """sched_getattr and sched_setattr by number: Python has no binding, and glibc wraps them only since 2.41."""
+
     def __init__(self):
         self.numbers = _SYSCALLS.get(platform.machine()) if os.name == "posix" else None
         self.libc = ctypes.CDLL(None, use_errno=True) if self.numbers else None
