@@ -43,20 +43,21 @@ class _Calls:
 
     def get(self, tid: int) -> _SchedAttr:
         attr = _SchedAttr()
-        if self.libc.syscall(self.numbers[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        self._call(self.numbers[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
         return attr
 
-    def set_runtime(self, tid: int, runtime_ns: int) -> bool:
-        """Set one thread's slice request (0: the kernel's default), keeping its policy and nice value. False
-        for a thread under a real-time policy, which has no slice to set."""
+    def set_runtime(self, tid: int, runtime_ns: int) -> None:
+        """Set one thread's slice request (0: the kernel's default), keeping its policy and nice value. A thread
+        under a real-time policy has no slice and is left alone."""
         attr = self.get(tid)
-        if attr.policy not in _FAIR_POLICIES:
-            return False
-        attr.size, attr.flags, attr.runtime = ctypes.sizeof(attr), 0, runtime_ns
-        if self.libc.syscall(self.numbers[0], tid, ctypes.byref(attr), 0) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-        return True
+        if attr.policy in _FAIR_POLICIES:
+            attr.size, attr.flags, attr.runtime = ctypes.sizeof(attr), 0, runtime_ns
+            self._call(self.numbers[0], tid, ctypes.byref(attr), 0)
+
+    def _call(self, number: int, *args) -> None:
+        if self.libc.syscall(number, *args) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
 
 
 _calls = _Calls()
