@@ -37,7 +37,6 @@ from gateway.routes import (
     RouteOptions,
     register_fallbacks,
     register_routes,
-    register_send_timeout,
 )
 from gateway.service import Service
 from gateway.tracker import Tracker
@@ -141,5 +140,4 @@ def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
                                  keep_think_tags=settings.keep_think_tags))
     register_monitor(app, gateway.tracker, gateway.metrics, gateway.pool.view, access, settings, long_requests)
     register_fallbacks(app, openai.ROUTES[0])
-    register_send_timeout(app, settings.send_timeout)
     return app

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import select
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from adapters.base import RequestContext, Route, StreamRenderer, compact_json
 from gateway import __version__
 from gateway.auth import Access
+from gateway.http_wire import readable
 from gateway.json_body import parse_body
 from gateway.keys import KeyLimits, KeyPolicy
 from gateway.polling import KEEPALIVE
@@ -174,7 +173,7 @@ def _run(route: Route, req: Any, service: Service, ctx: RequestContext, give_bac
 def stream_frames(events: Iterable[Any], renderer: StreamRenderer, close: Callable[[], None]) -> Iterator[bytes]:
     """THE streaming loop, for every streamed response (generations, model changes, the monitor's event feed).
     Frames are written as they come; `KEEPALIVE` items become the renderer's keepalive frames. When the client
-    hangs up, gunicorn closes this generator and `close` (in the `finally`) cancels the work at once."""
+    hangs up, the HTTP worker closes this generator and `close` (in the `finally`) cancels the work at once."""
     try:
         for frame in renderer.start():
             yield frame
@@ -228,34 +227,16 @@ def _read_body(route: Route) -> Any:
     return parse_body(raw)
 
 
-def register_send_timeout(app: Flask, seconds: float) -> None:
-    """A client that stops reading must not hold an HTTP thread forever: once the socket's buffers are full, a
-    write that makes no progress for `seconds` fails, gunicorn closes the connection, and closing the response
-    cancels its generation. The kernel keeps the time (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops
-    arriving): Python's own socket timeout would poll the socket before every write, a system call per token."""
-    whole = int(seconds)
-    limit = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-
-    def set_timeout() -> None:
-        sock = request.environ.get("gunicorn.socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-
-    app.before_request(set_timeout)
-
-
 def client_gone_probe() -> Callable[[], bool]:
     """A check that the client's socket is closed (readable with nothing to read), for requests that write
     nothing for a long time: a non-streaming generation, or a stream still in prefill."""
-    sock = request.environ.get("gunicorn.socket")
+    sock = request.environ.get("gateway.socket")
     if sock is None:
         return lambda: False
 
     def gone() -> bool:
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return readable(sock, 0) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except OSError:

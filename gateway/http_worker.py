@@ -1,0 +1,240 @@
+"""The gunicorn worker `serve` runs: gunicorn's master, signals and hooks, with an HTTP/1.1 loop of our own.
+
+Every cheap request (a model list, a count, a metrics scrape) costs API CPU, and on a small machine that CPU is
+taken from the decode threads: a ggml step waits for its slowest thread, so a core lent to the HTTP side stalls
+the whole step. gunicorn's gthread worker spent about 0.35 ms of CPU on a fresh connection before the app ran
+(a future and a done-callback per request, a pipe write and a wake of the main thread to hand each connection
+back, a second trip through the pool to see the client close, a pure-Python parser reading its config ~30
+times a request). This worker keeps what gunicorn is for here, the master that `serve` reloads and stops (see
+`reload.py`, `shutdown.py`), and does the connection work itself:
+
+- The main thread accepts and polls idle kept-alive connections; `threads` plain threads serve connections
+  taken from one queue, parsing with httptools (`http_wire.py`).
+- After a response the serving thread waits a few milliseconds for the client's next move: a client that closes
+  is closed there, a next request is served on the same thread, and only a client that stays quiet goes back to
+  the poller, which closes it after `keepalive` seconds.
+- The send timeout (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops arriving) is set once per connection: a
+  client that stops reading cannot hold a thread longer than `send_timeout`, and a write is one system call.
+- On SIGTERM it stops accepting, closes idle connections and waits up to `graceful_timeout` for the rest
+  (`shutdown.py` ends what still streams by then, each with its family's final error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+from gunicorn.workers.base import Worker
+
+from gateway.http_wire import Connection, Reply, WireError, base_environ, environ, readable
+
+LINGER_MS = 5
+"""How long a thread keeps a connection after answering (or when it is new), for the client's next bytes."""
+
+HEARTBEAT_S = 1.0
+ONE_EVENT = select.EPOLLIN | select.EPOLLONESHOT
+
+
+def close(sock: socket.socket, unread: bool) -> None:
+    """Close; with request bytes left unread, first send our FIN and drain a little, so the kernel does not answer
+    the client's unread bytes with a reset that could destroy the response it has not read yet."""
+    try:
+        if unread:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and readable(sock, 100) and sock.recv(65536):
+                pass
+    except OSError:
+        pass
+    sock.close()
+
+
+class GatewayWorker(Worker):
+    """See the module docstring."""
+
+    def init_process(self) -> None:
+        self.epoll = select.epoll()  # the listeners, and kept-alive connections armed for one event each
+        self.listeners: dict[int, socket.socket] = {}
+        self.parked: dict[int, Connection] = {}  # kept-alive connections waiting in `epoll`, by descriptor
+        self.open = 0  # connections accepted and not closed yet
+        self.lock = threading.Lock()  # over `parked` and `open`
+        self.last_beat = 0.0
+        self.accepting = False
+        super().init_process()  # loads the app, installs the signals, then calls run()
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        with contextlib.suppress(OSError):  # a full pipe: the main thread is being woken anyway
+            os.write(self.PIPE[1], b".")
+
+    def run(self) -> None:
+        """The main thread: heartbeats, the connection limit, expiry of idle connections, and the stop."""
+        seconds = self.wsgi.extensions["gateway"].settings.send_timeout
+        self.timeouts = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+        self.base = base_environ(self.sockets[0].getsockname())
+        self.listeners = {listener.fileno(): listener for listener in self.sockets}
+        for listener in self.sockets:
+            listener.setblocking(False)
+        for i in range(self.cfg.threads):
+            threading.Thread(target=self._thread, name=f"http-{i}", daemon=True).start()
+        while self.alive:
+            self.beat()
+            if self.accepting != (self.open < self.cfg.worker_connections):
+                self._accepting(not self.accepting)
+            self._close_idle(time.monotonic())
+            if self.ppid != os.getppid():
+                self.log.info("Parent changed, shutting down: %s", self)
+                break
+            with contextlib.suppress(OSError):
+                if select.select([self.PIPE[0]], [], [], 1.0)[0]:
+                    os.read(self.PIPE[0], 4096)
+        self._stop()
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_S:
+            self.last_beat = now
+            self.notify()
+
+    def _accepting(self, on: bool) -> None:
+        """Listeners are armed for one connection at a time: the thread that takes it accepts and re-arms, so a
+        new connection wakes one thread."""
+        self.accepting = on
+        for fd in self.listeners:
+            with contextlib.suppress(OSError):
+                if on:
+                    self.epoll.register(fd, ONE_EVENT)
+                else:
+                    self.epoll.unregister(fd)
+
+    def _close_idle(self, now: float) -> None:
+        """Connections kept alive longer than `keepalive` seconds with nothing sent are closed."""
+        with self.lock:
+            expired = [conn for conn in self.parked.values() if conn.idle_until <= now]
+            for conn in expired:
+                del self.parked[conn.sock.fileno()]
+        for conn in expired:
+            self._closed(conn)
+
+    def _closed(self, conn: Connection, unread: bool = False) -> None:
+        close(conn.sock, unread)
+        with self.lock:
+            self.open -= 1
+
+    def _stop(self) -> None:
+        """Stop accepting, close what is idle, and wait up to `graceful_timeout` for requests in flight."""
+        self._accepting(False)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.open > 0 and time.monotonic() < deadline:
+            self.beat()
+            self._close_idle(float("inf"))
+            time.sleep(0.1)
+        for listener in self.sockets:
+            listener.close()
+
+    # the threads: each waits in the shared epoll for one event, so no thread hands a connection to another
+    def _thread(self) -> None:
+        while True:
+            for fd, _ in self.epoll.poll(-1, 1):
+                conn = self._accept(fd) if fd in self.listeners else self._unpark(fd)
+                if conn is None:
+                    continue
+                try:
+                    self._serve(conn)
+                except Exception:  # a bug here must cost one connection, never a thread
+                    self.log.exception("Error serving a connection")
+                    self._closed(conn)
+
+    def _accept(self, fd: int) -> Connection | None:
+        listener = self.listeners[fd]
+        try:
+            sock, client = listener.accept()
+        except OSError as exc:  # the client gave up first
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return None
+            raise
+        finally:
+            if self.accepting:
+                with contextlib.suppress(OSError):  # unregistered meanwhile: the worker stops, or is full
+                    self.epoll.modify(fd, ONE_EVENT)
+        with self.lock:
+            self.open += 1
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeouts)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeouts)
+        return Connection(sock, client, listener.getsockname())
+
+    def _unpark(self, fd: int) -> Connection | None:
+        with self.lock:  # None: closed as idle meanwhile
+            return self.parked.pop(fd, None)
+
+    def _park(self, conn: Connection) -> None:
+        """A quiet kept-alive connection waits in epoll, armed for one event, until `keepalive` runs out."""
+        fd = conn.sock.fileno()
+        conn.idle_until = time.monotonic() + self.cfg.keepalive
+        with self.lock:
+            self.parked[fd] = conn
+        if conn.registered:
+            self.epoll.modify(fd, ONE_EVENT)
+        else:
+            conn.registered = True
+            self.epoll.register(fd, ONE_EVENT)
+
+    def _serve(self, conn: Connection) -> None:
+        """Answer `conn`'s requests while its client keeps talking promptly; then close it or hand it back."""
+        try:
+            while True:
+                if not conn.pending:
+                    if not readable(conn.sock, LINGER_MS):
+                        if self.alive:
+                            self._park(conn)
+                        else:
+                            self._closed(conn)
+                        return
+                    if not conn.receive():
+                        self._closed(conn)
+                        return
+                    continue
+                msg = conn.pending[0]
+                keep_alive = self._answer(conn, msg)
+                conn.pending.popleft()
+                if not (keep_alive and msg.complete):
+                    self._closed(conn, unread=not msg.complete)
+                    return
+        except WireError as error:
+            with contextlib.suppress(OSError):
+                conn.send_error(error)
+            self._closed(conn, unread=True)
+        except OSError as exc:  # the client went away, or stopped reading for `send_timeout`
+            self.log.debug("Connection ended: %s", exc)
+            self._closed(conn)
+
+    def _answer(self, conn: Connection, msg) -> bool:
+        """Run the app for `msg`; whether the connection may carry another request."""
+        reply = Reply(conn, msg, msg.keep_alive and self.alive and not conn.upgraded)
+        env = environ(conn, msg, self.base)
+        result = None
+        try:
+            result = self.wsgi(env, reply.start_response)
+            for data in result:
+                reply.write(data)
+            reply.finish()
+        except OSError:
+            raise
+        except Exception:
+            self.log.exception("Error handling request %s %s", msg.method, env["RAW_URI"])
+            if reply.head_sent:
+                return False
+            reply = Reply(conn, msg, False)
+            reply.start_response("500 Internal Server Error", [("Content-Type", "text/plain"),
+                                                               ("Content-Length", "21")])
+            reply.write(b"Internal Server Error")
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return reply.keep_alive
