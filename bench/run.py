@@ -316,8 +316,10 @@ def flooded_level(name: str, server: Server, target: loadgen.Target, args: argpa
         if not proc.started:
             report = proc.stop()
             log(f"{name}: the flood did not start: {report.get('error')} {report.get('routes', '')}")
-            return {"quiet": quiet, "flooded": None, "flood": report, "fraction": None}
+            return {"quiet": quiet, "flooded": None, "flood": report, "fraction": None, "server_ms_per_request": None}
+        cpu0 = group_cpu_s(server.proc.pid)  # the flood alone, before any stream: its cost per request
         time.sleep(args.flood_settle)
+        server_ms = 1000 * (group_cpu_s(server.proc.pid) - cpu0) / (args.flood_settle * args.flood_rate)
         t0 = time.monotonic()
         load = ForeignLoad(server.proc.pid)
         lvl = loadgen.run_level(target, c, rpw, duration)
@@ -332,8 +334,9 @@ def flooded_level(name: str, server: Server, target: loadgen.Target, args: argpa
     log(f"{name} c={c} under flood: {lvl.tok_per_s:.1f} tok/s ({(fraction or 0):.2f} of quiet "
         f"{quiet['tok_per_s']:.1f}), {lvl.errors} errors; flood {report.get('window_rate') or 0:.1f} req/s "
         f"achieved of {args.flood_rate:.0f}, {report.get('errors', '?')} errors, "
-        f"{report.get('client_cpu_cores') or 0:.2f} client cores{warn}")
-    return {"quiet": quiet, "flooded": flooded, "flood": report, "fraction": fraction}
+        f"{report.get('client_cpu_cores') or 0:.2f} client cores, {server_ms:.2f} server CPU ms per request{warn}")
+    return {"quiet": quiet, "flooded": flooded, "flood": report, "fraction": fraction,
+            "server_ms_per_request": server_ms}
 
 
 def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace, stamp: str,
@@ -424,8 +427,8 @@ def summarize_flood(result: dict[str, Any]) -> str:
         f"{cfg['rate']:.0f} cheap requests/s (medians of rounds; achieved rate within the flooded level)",
         "",
         "| server | quiet tok/s | flooded tok/s | flooded / quiet | flood req/s achieved (target) | flood errors "
-        "| flood latency p50 / p99 ms | flood client CPU cores |",
-        "|" + "---|" * 8,
+        "| flood latency p50 / p99 ms | flood client CPU cores | server CPU ms per request |",
+        "|" + "---|" * 9,
     ]
 
     def med(values: list[Any]) -> float | None:
@@ -450,7 +453,8 @@ def summarize_flood(result: dict[str, Any]) -> str:
             f"| {errors}{' (' + failed[0][:60] + ')' if failed else ''} "
             f"| {f(med([rep.get('latency_p50_ms') for rep in reports]))} / "
             f"{f(med([rep.get('latency_p99_ms') for rep in reports]))} "
-            f"| {f(med([rep.get('client_cpu_cores') for rep in reports]), 2)} |")
+            f"| {f(med([rep.get('client_cpu_cores') for rep in reports]), 2)} "
+            f"| {f(med([r.get('server_ms_per_request') for r in runs]), 2)} |")
     return "\n".join(lines)
 
 
@@ -498,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood-concurrency", type=int, default=8, help="streams during the flood (default 8)")
     p.add_argument("--flood-workers", type=int, default=32,
                    help="most flood requests in flight at once (default 32)")
-    p.add_argument("--flood-settle", type=float, default=1.0,
-                   help="seconds the flood runs before the level starts (default 1)")
+    p.add_argument("--flood-settle", type=float, default=3.0,
+                   help="seconds the flood runs alone before the level starts, which also measure the server's "
+                        "CPU per cheap request (default 3)")
     loadgen.add_load_args(p)
     args = p.parse_args(argv)
 
