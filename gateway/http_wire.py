@@ -19,6 +19,9 @@ from email.utils import formatdate
 
 import httptools
 
+HEAD_SECONDS = 10.0
+"""From a head's first byte to its end: a client that trickles a head (one byte every few seconds keeps a
+kept-alive connection from expiring) is answered 408 and closed, so it cannot pin connections for long."""
 MAX_URL = 8192
 MAX_FIELDS = 100
 MAX_HEAD = 65536
@@ -50,6 +53,7 @@ class Message:
         self.head_received = 0  # bytes read while this head was incomplete: a header value llhttp is still
         # collecting counts here before `on_header` sees it
         self.head_done = False
+        self.begun = 0.0  # time.monotonic() at the head's first byte
         self.method = "GET"
         self.version = "1.1"
         self.keep_alive = False
@@ -76,6 +80,7 @@ class Connection:
     # the parser's callbacks
     def on_message_begin(self) -> None:
         self._parsing = Message()
+        self._parsing.begun = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         msg = self._parsing
@@ -127,6 +132,8 @@ class Connection:
             msg.head_received += len(data)
             if msg.head_received > MAX_HEAD + RECV:
                 raise WireError("431 Request Header Fields Too Large", f"The request head is over {MAX_HEAD} bytes.")
+            if time.monotonic() - msg.begun > HEAD_SECONDS:
+                raise WireError("408 Request Timeout", f"The request head took over {HEAD_SECONDS:.0f} s to arrive.")
         return True
 
     def send_error(self, error: WireError) -> None:

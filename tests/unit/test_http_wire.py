@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from gateway import http_wire
 from gateway.http_wire import Connection, Reply, WireError, base_environ, environ
 
 
@@ -88,6 +89,17 @@ def test_heads_the_server_refuses(pair, raw: bytes, status: str) -> None:
         while conn.receive():
             pass
     assert caught.value.status == status
+
+
+def test_a_head_that_trickles_in_past_its_deadline_is_refused(pair, monkeypatch) -> None:
+    conn, client = pair
+    client.sendall(b"GET / HTTP/1.1\r\nHo")
+    assert conn.receive() and not conn.pending
+    monkeypatch.setattr(http_wire, "HEAD_SECONDS", 0.0)  # as if the rest came after the deadline
+    client.sendall(b"st: x")
+    with pytest.raises(WireError) as caught:
+        conn.receive()
+    assert caught.value.status == "408 Request Timeout"
 
 
 def test_a_target_that_is_no_url_is_refused(pair) -> None:
