@@ -2,21 +2,23 @@
 
 Every cheap request (a model list, a count, a metrics scrape) costs API CPU, and on a small machine that CPU is
 taken from the decode threads: a ggml step waits for its slowest thread, so a core lent to the HTTP side stalls
-the whole step. gunicorn's gthread worker spent about 0.35 ms of CPU on a fresh connection before the app ran
-(a future and a done-callback per request, a pipe write and a wake of the main thread to hand each connection
-back, a second trip through the pool to see the client close, a pure-Python parser reading its config ~30
-times a request). This worker keeps what gunicorn is for here, the master that `serve` reloads and stops (see
-`reload.py`, `shutdown.py`), and does the connection work itself:
+the whole step. Under gunicorn's gthread worker a bare WSGI callable cost 0.42 ms of CPU per fresh connection,
+mostly in handing each connection from the accepting thread to a pool thread and back (the woken thread
+preempts the one that woke it, finds the GIL held and sleeps again: about 7 context switches a request). Here
+it costs 0.14 ms (bench/README.md, "The gateway's own HTTP worker"). The worker keeps what gunicorn is for here,
+the master that `serve` reloads and stops (`reload.py`, `shutdown.py`), and does the connection work itself:
 
-- The main thread accepts and polls idle kept-alive connections; `threads` plain threads serve connections
-  taken from one queue, parsing with httptools (`http_wire.py`).
+- Every HTTP thread waits in one epoll set holding the listeners and the idle kept-alive connections, each
+  armed for one event (EPOLLONESHOT), so the kernel wakes one thread, which accepts or reads and serves the
+  connection itself. Requests are parsed by httptools (`http_wire.py`).
 - After a response the serving thread waits a few milliseconds for the client's next move: a client that closes
   is closed there, a next request is served on the same thread, and only a client that stays quiet goes back to
-  the poller, which closes it after `keepalive` seconds.
+  the epoll set, where the main thread closes it after `keepalive` seconds.
 - The send timeout (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops arriving) is set once per connection: a
   client that stops reading cannot hold a thread longer than `send_timeout`, and a write is one system call.
-- On SIGTERM it stops accepting, closes idle connections and waits up to `graceful_timeout` for the rest
-  (`shutdown.py` ends what still streams by then, each with its family's final error).
+- The main thread beats the arbiter's heartbeat, stops accepting at `worker_connections`, and on SIGTERM stops
+  accepting, closes idle connections and waits up to `graceful_timeout` for the rest (`shutdown.py` ends what
+  still streams by then, each with its family's final error).
 """
 
 from __future__ import annotations
