@@ -219,6 +219,9 @@ def _read_body(route: Route) -> Any:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.") from None
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:  # chunked: read up to the limit
+        raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.")
     if request.content_length is not None and len(raw) < request.content_length:
         raise invalid(f"The request body ended after {len(raw)} of its {request.content_length} bytes "
                       "(Content-Length).")

@@ -158,6 +158,22 @@ def test_body_over_the_limit_is_413(server: GatewayServer) -> None:
     assert_openai_error(post_raw(server, CHAT, near), 400, "messages")
 
 
+def test_a_chunked_body_without_end_is_cut_at_the_limit_with_a_413(server: GatewayServer) -> None:
+    """No Content-Length to refuse up front: the body is read until the limit, then refused, not buffered whole
+    (the chunks would go on for ever)."""
+    def chunks():
+        yield b'{"model": "' + MODEL.encode() + b'", "messages": "'
+        for _ in range(4 * MAX_BODY // 65536):  # four times the limit, in 64 KiB chunks
+            yield b"x" * 65536
+
+    try:
+        r = requests.post(server.url + CHAT, data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+    except requests.ConnectionError:  # the server answered and closed while the client was still sending
+        pytest.fail("the server closed the connection before the client could read its 413")
+    assert r.status_code == 413, r.text[:300]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_still_healthy_after_all_that(server: GatewayServer) -> None:
     r = requests.get(server.url + "/health", timeout=10)
     assert r.status_code == 200
