@@ -74,6 +74,7 @@ class Connection:
         self.upgraded = False  # an Upgrade or CONNECT head: answered as a plain request, then the connection closes
         self.idle_until = 0.0  # for the worker: when a kept-alive connection with nothing to say is closed
         self.registered = False  # for the worker: whether its descriptor is in the epoll set
+        self.closed = False
         self._parsing: Message | None = None
         self._parser = httptools.HttpRequestParser(self)
 

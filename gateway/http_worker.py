@@ -40,6 +40,7 @@ LINGER_MS = 5
 """How long a thread keeps a connection after answering (or when it is new), for the client's next bytes."""
 
 HEARTBEAT_S = 1.0
+ACCEPT_BACKOFF_S = 0.1
 ONE_EVENT = select.EPOLLIN | select.EPOLLONESHOT
 
 
@@ -125,6 +126,9 @@ class GatewayWorker(Worker):
             self._closed(conn)
 
     def _closed(self, conn: Connection, unread: bool = False) -> None:
+        if conn.closed:  # an error after the close, on its way out
+            return
+        conn.closed = True
         close(conn.sock, unread)
         with self.lock:
             self.open -= 1
@@ -144,31 +148,37 @@ class GatewayWorker(Worker):
     def _thread(self) -> None:
         while True:
             for fd, _ in self.epoll.poll(-1, 1):
-                conn = self._accept(fd) if fd in self.listeners else self._unpark(fd)
-                if conn is None:
-                    continue
+                conn = None
                 try:
-                    self._serve(conn)
+                    conn = self._accept(fd) if fd in self.listeners else self._unpark(fd)
+                    if conn is not None:
+                        self._serve(conn)
                 except Exception:  # a bug here must cost one connection, never a thread
                     self.log.exception("Error serving a connection")
-                    self._closed(conn)
+                    if conn is not None:
+                        self._closed(conn)
 
     def _accept(self, fd: int) -> Connection | None:
         listener = self.listeners[fd]
         try:
             sock, client = listener.accept()
-        except OSError as exc:  # the client gave up first
-            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return None
-            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):  # not "the client gave up"
+                self.log.warning("accept failed: %s", exc)  # out of descriptors, say: wait, rather than spin
+                time.sleep(ACCEPT_BACKOFF_S)
+            return None
         finally:
             if self.accepting:
                 with contextlib.suppress(OSError):  # unregistered meanwhile: the worker stops, or is full
                     self.epoll.modify(fd, ONE_EVENT)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeouts)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeouts)
+        except OSError:  # reset before we got to it
+            sock.close()
+            return None
         with self.lock:
             self.open += 1
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeouts)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeouts)
         return Connection(sock, client, listener.getsockname())
 
     def _unpark(self, fd: int) -> Connection | None:
@@ -179,13 +189,18 @@ class GatewayWorker(Worker):
         """A quiet kept-alive connection waits in epoll, armed for one event, until `keepalive` runs out."""
         fd = conn.sock.fileno()
         conn.idle_until = time.monotonic() + self.cfg.keepalive
-        with self.lock:
+        with self.lock:  # parked before armed: the thread its event wakes must find it
             self.parked[fd] = conn
-        if conn.registered:
-            self.epoll.modify(fd, ONE_EVENT)
-        else:
-            conn.registered = True
-            self.epoll.register(fd, ONE_EVENT)
+        try:
+            if conn.registered:
+                self.epoll.modify(fd, ONE_EVENT)
+            else:
+                self.epoll.register(fd, ONE_EVENT)
+                conn.registered = True
+        except OSError:
+            with self.lock:
+                self.parked.pop(fd, None)
+            raise
 
     def _serve(self, conn: Connection) -> None:
         """Answer `conn`'s requests while its client keeps talking promptly; then close it or hand it back."""
