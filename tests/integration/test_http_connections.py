@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 
 import pytest
 
@@ -182,3 +183,18 @@ def test_an_idle_kept_alive_connection_is_closed_and_the_server_serves_on(server
     with connect(server) as sock:
         sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert read_response(sock, bytearray())[0] == 200
+
+
+def test_clients_that_reset_at_once_cost_no_thread(server) -> None:
+    """Connections reset before or while they are accepted, with a head half sent or none: every thread survives
+    them (64 resets are as many as the server has threads), and the server answers on."""
+    for i in range(64):
+        sock = connect(server)
+        if i % 2:
+            sock.sendall(b"GET /api/version HTTP/1.1\r\nHo")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
+        sock.close()
+    for _ in range(3):
+        with connect(server) as sock:
+            sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert read_response(sock, bytearray())[0] == 200
