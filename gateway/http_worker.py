@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 
+from gunicorn import util
 from gunicorn.workers.base import Worker
 
 from gateway.http_wire import Connection, Reply, WireError, base_environ, environ, readable
@@ -41,21 +42,17 @@ LINGER_MS = 5
 
 HEARTBEAT_S = 1.0
 ACCEPT_BACKOFF_S = 0.1
+DRAIN_BYTES = 16 * 1024 * 1024  # an upload refused before it was read may finish arriving, for its answer's sake
 ONE_EVENT = select.EPOLLIN | select.EPOLLONESHOT
 
 
 def close(sock: socket.socket, unread: bool) -> None:
-    """Close; with request bytes left unread, first send our FIN and drain a little, so the kernel does not answer
-    the client's unread bytes with a reset that could destroy the response it has not read yet."""
-    try:
-        if unread:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and readable(sock, 100) and sock.recv(65536):
-                pass
-    except OSError:
-        pass
-    sock.close()
+    """Close; with request bytes left unread, gunicorn's graceful close (our FIN first, then a bounded drain), so
+    the kernel does not answer the unread bytes with a reset that destroys the response before it is read."""
+    if unread:
+        util.close_graceful(sock, timeout=1.0, max_drain=DRAIN_BYTES)
+    else:
+        sock.close()
 
 
 class GatewayWorker(Worker):
