@@ -13,8 +13,10 @@ import collections
 import threading
 from typing import Any, Callable, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gateway.prometheus_text import TextExposition
 
 PoolView = Callable[[], "list[dict[str, Any]]"]
 Counts = Callable[[], "dict[str, int]"]
@@ -81,6 +83,7 @@ class Metrics:
                                     "key) and final status.", ["key", "status"], registry=r)
         self.key_tokens = Counter("llm_gateway_key_tokens", "Prompt and generated tokens by API key name.",
                                   ["key", "kind"], registry=r)
+        self._text = TextExposition(r)
         self._lock = threading.Lock()
         self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
         self._token_children: dict[tuple[str, str], tuple] = {}  # (api, model) → children; models are few
@@ -166,7 +169,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         for (api, model), pending in list(self._pending.items()):
             self._apply(api, model, pending)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return self._text.render(), CONTENT_TYPE_LATEST
 
 
 MODEL_GAUGES = (  # metric name, help, pool_view key
