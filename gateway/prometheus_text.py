@@ -1,8 +1,8 @@
 """Prometheus's text exposition format (0.0.4) for one registry, byte for byte what prometheus_client's
 `generate_latest` writes, at a fraction of its CPU.
 
-`generate_latest` checks and escapes every metric and label name of every sample on every scrape (three regular
-expressions and several string copies a line); that was 70% of a `/metrics` request's CPU in the gateway's
+`generate_latest` checks and escapes every metric and label name of every sample on every scrape (regular
+expressions and string copies on every line); that was 70% of a `/metrics` request's CPU in the gateway's
 profile. A scrape loop, or a page that polls `/metrics`, pays it over and over while the same two cores decode.
 Here the parts that only depend on names (a family's HELP and TYPE lines, a sample's name with its labels) are
 formatted once and kept; a scrape formats only the values. Names need no escaping: the gateway's metric and label
@@ -18,8 +18,7 @@ from prometheus_client.utils import floatToGoString
 
 KEPT_MAX = 4096  # formatted names kept; labels are bounded (see gateway/metrics.py), so this is only a backstop
 OM_SUFFIXES = ("_created", "_gsum", "_gcount")  # OpenMetrics samples that the text format moves to gauges
-TYPE_NAMES = {"counter": "counter", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
-              "unknown": "untyped"}
+TYPE_NAMES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
 
 
 class TextExposition:
@@ -89,4 +88,3 @@ def _format_sample_name(sample: Sample) -> str:
 
 def _escape_label_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-
