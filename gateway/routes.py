@@ -217,11 +217,11 @@ def _read_body(route: Route) -> Any:
         return None
     try:
         raw = request.get_data(cache=False)
+        limit = request.max_content_length
+        if request.content_length is None and limit is not None and len(raw) >= limit:  # chunked: cut at the limit
+            raise RequestEntityTooLarge()
     except RequestEntityTooLarge:
         raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.") from None
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(raw) >= limit:  # chunked: read up to the limit
-        raise GatewayError(ErrorKind.TOO_LARGE, "The request body is too large.")
     if request.content_length is not None and len(raw) < request.content_length:
         raise invalid(f"The request body ended after {len(raw)} of its {request.content_length} bytes "
                       "(Content-Length).")
