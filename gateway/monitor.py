@@ -26,9 +26,10 @@ from gateway.auth import Access
 from gateway.config import Settings
 from gateway.metrics import Metrics, PoolView
 from gateway.polling import KEEPALIVE, TICK, KeepAlive, poll
-from gateway.routes import LongRequests, client_gone_probe, stream_frames, stream_response
+from gateway.routes import LongRequests, add_view, client_gone_probe, flask_response, stream_answer, stream_frames
 from gateway.tracker import STATUSES, Event, Tracker
 from gateway.types import ErrorKind, GatewayError
+from gateway.wsgi_answers import Answer, request_headers
 
 TICK_SECONDS = 0.5  # how often a watcher is sent token counts, model changes and throughput
 RECENT_IN_SNAPSHOT = 100  # finished records a new watcher is sent (the dashboard shows fewer)
@@ -44,26 +45,30 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
     keepalive = settings.keepalive_seconds
     long_requests = long_requests or LongRequests(settings.http_threads)
 
-    def guarded(view: Callable[..., Response]) -> Callable[..., Response]:
+    def refusal(environ: dict) -> Answer | None:
+        """The answer for a caller the access rules refuse; None lets it in. The monitor's POSTs take no body."""
+        try:
+            access.check(request_headers(environ))
+        except GatewayError as err:
+            return _error(401 if err.kind == ErrorKind.UNAUTHORIZED else 403, err.message)
+        return None
+
+    def guarded(view: Callable[..., Answer]) -> Callable[..., Response]:
         def checked(**params: str) -> Response:
-            try:
-                access.check({k.lower(): v for k, v in request.headers.items()})  # its POSTs take no body
-            except GatewayError as err:
-                return _error(401 if err.kind == ErrorKind.UNAUTHORIZED else 403, err.message)
-            return view(**params)
+            return flask_response(refusal(request.environ) or view(**params))
 
         checked.__name__ = view.__name__
         return checked
 
     @views.get("/api/progress/<request_id>")
     @guarded
-    def progress(request_id: str) -> Response:
+    def progress(request_id: str) -> Answer:
         record = tracker.get(request_id)
         return _json(record) if record is not None else _error(404, f"No request with id `{request_id}`.")
 
     @views.get("/api/requests")
     @guarded
-    def requests_list() -> Response:
+    def requests_list() -> Answer:
         status = request.args.get("status") or None
         if status is not None and status not in STATUSES:
             return _error(400, f"`status` must be one of {', '.join(STATUSES)}, got {status!r}.")
@@ -71,7 +76,7 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
 
     @views.post("/api/requests/<request_id>/cancel")
     @guarded
-    def cancel(request_id: str) -> Response:
+    def cancel(request_id: str) -> Answer:
         if tracker.cancel(request_id):
             return _json({"id": request_id, "cancelled": True})
         if tracker.get(request_id) is None:
@@ -80,19 +85,19 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
 
     @views.post("/api/models/<path:name>/unload")
     @guarded
-    def unload(name: str) -> Response:
+    def unload(name: str) -> Answer:
         if not current_app.extensions["gateway"].pool.unload(name):
             return _error(404, f"The model `{name}` is not loaded.")
         return _json({"model": name, "unloaded": True})
 
     @views.get("/api/events")
     @guarded
-    def events() -> Response:
+    def events() -> Answer:
         try:
             give_back = long_requests.take()
         except GatewayError as err:
             return _error(503, err.message)
-        feed = EventFeed(tracker, pool_view, keepalive, client_gone_probe())
+        feed = EventFeed(tracker, pool_view, keepalive, client_gone_probe(request.environ))
 
         def close() -> None:
             try:
@@ -100,7 +105,7 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
             finally:
                 give_back()
 
-        return stream_response(stream_frames(feed, EventRenderer(), close), "text/event-stream")
+        return stream_answer(stream_frames(feed, EventRenderer(), close), "text/event-stream")
 
     @views.get("/dashboard")
     def dashboard() -> str:
@@ -108,23 +113,22 @@ def register_monitor(app: Flask, tracker: Tracker, metrics: Metrics | None, pool
                                root=request.script_root, keepalive=keepalive,
                                compute=current_app.extensions["gateway"].pool.compute_summary())
 
+    app.register_blueprint(views)
     if metrics is not None:
         metrics.watch(tracker.counts, pool_view)
 
-        @views.get("/metrics")
-        @guarded
-        def prometheus() -> Response:
-            body, content_type = metrics.render()
-            return Response(body, mimetype=None, content_type=content_type)
+        def prometheus(environ: dict) -> Answer:  # scraped every few seconds: served ahead of Flask
+            refused = refusal(environ)
+            return refused or Answer(200, *metrics.render())
 
-    app.register_blueprint(views)
+        add_view(app, "GET", "/metrics", prometheus)
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(compact_json(body), status=status, mimetype="application/json")
+def _json(body: Any, status: int = 200) -> Answer:
+    return Answer(status, compact_json(body).encode())
 
 
-def _error(status: int, message: str) -> Response:
+def _error(status: int, message: str) -> Answer:
     return _json({"error": message}, status)
 
 

@@ -52,7 +52,10 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.chat_formats": set(),
     "gateway.model_changes": {"gateway.types", "gateway.backends.pool", "gateway.models.*", "gateway.polling"},
     "gateway.routes": {"gateway.types", "gateway.__version__", "adapters.base", "gateway.auth", "gateway.http_wire",
-                       "gateway.json_body", "gateway.keys", "gateway.polling", "gateway.service", "flask", "werkzeug"},
+                       "gateway.json_body", "gateway.keys", "gateway.polling", "gateway.service",
+                       "gateway.wsgi_answers", "flask", "werkzeug"},
+    # answers as plain data, and the dispatch that serves fixed paths ahead of Flask: no app, no Flask
+    "gateway.wsgi_answers": {"werkzeug"},
     # HTTP/1.1 on a socket: the parser, the environ, the reply; nothing of the app (routes use its `readable`)
     "gateway.http_wire": {"httptools"},
     # the worker gunicorn's master runs: threads, epoll and connections around http_wire, the app as a WSGI call
@@ -60,7 +63,8 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.json_body": {"gateway.types"},
     "gateway.limits": {"gateway.types"},
     "gateway.monitor": {"gateway.types", "gateway.__version__", "adapters.base", "gateway.auth", "gateway.config",
-                        "gateway.metrics", "gateway.polling", "gateway.routes", "gateway.tracker", "flask"},
+                        "gateway.metrics", "gateway.polling", "gateway.routes", "gateway.tracker",
+                        "gateway.wsgi_answers", "flask"},
     "gateway.tracker": set(),
     "gateway.metrics": {"gateway.prometheus_text", "prometheus_client"},
     "gateway.prometheus_text": {"prometheus_client"},
