@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from gateway.engine.fragment_tokens import (
+    ATTR_CONTROL,
+    ATTR_UNKNOWN,
+    ATTR_USER_DEFINED,
+    FragmentTokenizer,
+    Special,
+)
+
 log = logging.getLogger("gateway.engine")
 
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
@@ -207,6 +215,21 @@ class LlamaModel:
         self.fim: tuple[int, int, int] | None = fim if min(fim) >= 0 else None
         self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
+        self.fragments = self._fragment_tokenizer()
+
+    def _fragment_tokenizer(self) -> FragmentTokenizer | None:
+        """Kept tokens of the text between special tokens, where the split can be done exactly as llama.cpp's."""
+        vocab = self.vocab
+        specials = []
+        for token in range(self.n_vocab):
+            attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+            if attr & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN):
+                specials.append(Special(llama_cpp.llama_vocab_get_text(vocab, token) or b"", token, attr))
+        bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
+        return FragmentTokenizer.for_vocab(
+            llama_cpp.llama_vocab_type(vocab), specials, bos if llama_cpp.llama_vocab_get_add_bos(vocab) else None,
+            eos if llama_cpp.llama_vocab_get_add_eos(vocab) else None,
+            lambda piece: self._tokenize(piece, False, False))
 
     def _piece(self, token: int, special: bool) -> bytes:
         size = 64
@@ -227,6 +250,12 @@ class LlamaModel:
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
+        if self.fragments is not None:
+            return self.fragments.tokenize(data, add_special, parse_special)
+        return self._tokenize(data, add_special, parse_special)
+
+    def _tokenize(self, data: bytes, add_special: bool, parse_special: bool) -> list[int]:
+        """llama.cpp's own call."""
         size = len(data) + 8
         while True:
             buf = (llama_cpp.llama_token * size)()
