@@ -43,7 +43,9 @@ MODEL_NAME = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class Call:
-    """One cheap request: method, path, JSON body (or None) and extra headers."""
+    """One cheap request: method, path, JSON body (or None) and extra headers. A `{n}` in the body becomes the
+    request's number, so a text to count is new each time, as a client's last message is (a server may keep the
+    tokens of text it has seen)."""
 
     name: str
     method: str
@@ -55,7 +57,7 @@ class Call:
 def routes_for(server: str, model: str = MODEL_NAME) -> list[Call]:
     """The rotation for one server kind (see the module docstring for why these routes)."""
     if server == "gateway":
-        count = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        count = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi {n}"}]}).encode()
         return [
             Call("GET /api/tags", "GET", "/api/tags"),
             Call("POST /v1/messages/count_tokens", "POST", "/v1/messages/count_tokens", count,
@@ -65,7 +67,7 @@ def routes_for(server: str, model: str = MODEL_NAME) -> list[Call]:
     if server == "llama-server":
         return [
             Call("GET /v1/models", "GET", "/v1/models"),
-            Call("POST /tokenize", "POST", "/tokenize", json.dumps({"content": "hi"}).encode(),
+            Call("POST /tokenize", "POST", "/tokenize", json.dumps({"content": "hi {n}"}).encode(),
                  (("Content-Type", "application/json"),)),
             Call("GET /props", "GET", "/props"),
         ]
@@ -81,11 +83,12 @@ def loopback(base_url: str) -> tuple[str, int]:
     return host, url.port or 80
 
 
-def send(host: str, port: int, call: Call, timeout: float) -> tuple[int | None, str | None]:
-    """One request on a fresh connection (as bench/loadgen.py does); returns (status, error)."""
+def send(host: str, port: int, call: Call, timeout: float, n: int = 0) -> tuple[int | None, str | None]:
+    """Request number `n` on a fresh connection (as bench/loadgen.py does); returns (status, error)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    body = call.body.replace(b"{n}", str(n).encode()) if call.body else call.body
     try:
-        conn.request(call.method, call.path, body=call.body, headers=dict(call.headers))
+        conn.request(call.method, call.path, body=body, headers=dict(call.headers))
         resp = conn.getresponse()
         resp.read()
         return resp.status, None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
@@ -142,7 +145,7 @@ class Flood:
                 continue
             route = i % len(self.calls)
             sent = time.monotonic()
-            _status, error = send(self.host, self.port, self.calls[route], self.timeout)
+            _status, error = send(self.host, self.port, self.calls[route], self.timeout, i)
             done = time.monotonic()
             with self._lock:
                 self.records.append((sent, done, error is None, route, error))
