@@ -10,6 +10,7 @@ several apps can live in one process (the tests build many).
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from typing import Any, Callable, Protocol
 
@@ -84,6 +85,13 @@ class Metrics:
         self.key_tokens = Counter("llm_gateway_key_tokens", "Prompt and generated tokens by API key name.",
                                   ["key", "kind"], registry=r)
         self._text = TextExposition(r)
+        # The request metrics in the order they were registered, each with a number raised after every change to
+        # it, so a scrape formats again only those that changed; the live gauges (`watch`) are read every time.
+        self._collectors: list[Any] = [self.requests, self.ttft, self.itl, self.e2e, self.queue_wait,
+                                       self.prompt_tokens, self.cached_tokens, self.generated_tokens,
+                                       self.key_requests, self.key_tokens]
+        self._versions = {id(c): 0 for c in self._collectors}
+        self._numbers = itertools.count(1)  # each version is a number never given before (see `_changed`)
         self._lock = threading.Lock()
         self._prefix: dict[str, list[int]] = {}  # model → [prompt tokens, cached prompt tokens] since start
         self._token_children: dict[tuple[str, str], tuple] = {}  # (api, model) → children; models are few
@@ -99,6 +107,7 @@ class Metrics:
             self.queue_wait.labels(model).observe(record.started_at - record.opened)
         self.prompt_tokens.labels(record.api, model).inc(prompt)
         self.cached_tokens.labels(record.api, model).inc(cached)
+        self._changed(self.queue_wait, self.prompt_tokens, self.cached_tokens)
         with self._lock:
             tally = self._prefix.setdefault(model, [0, 0])
             tally[0] += prompt
@@ -114,6 +123,7 @@ class Metrics:
             self._per_token(record.api, model)[0].inc(count)
             if record.first_token_at is not None:
                 self.ttft.labels(model).observe(record.first_token_at - record.opened)
+            self._changed(self.generated_tokens, self.ttft)
             return
         pending = self._pending.get((record.api, model))
         if pending is None:
@@ -135,7 +145,9 @@ class Metrics:
             total += count
             for _ in range(count):
                 itl.observe(gap / count)
-        generated.inc(total)
+        if total:
+            generated.inc(total)
+            self._changed(self.generated_tokens, self.itl)
 
     def _per_token(self, api: str, model: str) -> tuple:
         """The generated-token counter and ITL histogram of (api, model), looked up once (a `labels()` call
@@ -144,7 +156,14 @@ class Metrics:
         if children is None:
             children = (self.generated_tokens.labels(api, model), self.itl.labels(model))
             self._token_children[(api, model)] = children
+            self._changed(self.generated_tokens, self.itl)  # a new child is a change, at zero
         return children
+
+    def _changed(self, *collectors: Any) -> None:
+        """After a change to `collectors` (never before: a scrape between would keep the old text). Threads may
+        race here; as no number is given twice, a collector changed since a scrape never shows that scrape's."""
+        for collector in collectors:
+            self._versions[id(collector)] = next(self._numbers)
 
     def finished(self, record: Record) -> None:
         model = model_label(record)
@@ -155,12 +174,15 @@ class Metrics:
             self.key_tokens.labels(record.key, "generated").inc(record.tokens_generated)
         if record.started_at is not None and record.finished_at is not None:
             self.e2e.labels(model).observe(record.finished_at - record.opened)
+        self._changed(self.requests, self.key_requests, self.key_tokens, self.e2e)
 
     # -- read at scrape time ---------------------------------------------------------------------------------
 
     def watch(self, counts: Counts, pool_view: PoolView) -> None:
         """Add the gauges that are read when scraped: request counts from the tracker, models from the pool."""
-        self.registry.register(_LiveCollector(counts, pool_view, self.prefix_hit_ratios))
+        live = _LiveCollector(counts, pool_view, self.prefix_hit_ratios)
+        self.registry.register(live)
+        self._collectors.append(live)
 
     def prefix_hit_ratios(self) -> dict[str, float]:
         with self._lock:
@@ -169,7 +191,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         for (api, model), pending in list(self._pending.items()):
             self._apply(api, model, pending)
-        return self._text.render(), CONTENT_TYPE_LATEST
+        return self._text.render_collectors(self._collectors, self._versions), CONTENT_TYPE_LATEST
 
 
 MODEL_GAUGES = (  # metric name, help, pool_view key

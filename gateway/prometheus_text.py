@@ -5,14 +5,19 @@
 expressions and string copies on every line); that was 70% of a `/metrics` request's CPU in the gateway's
 profile. A scrape loop, or a page that polls `/metrics`, pays it over and over while the same two cores decode.
 Here the parts that only depend on names (a family's HELP and TYPE lines, a sample's name with its labels) are
-formatted once and kept; a scrape formats only the values. Names need no escaping: the gateway's metric and label
+formatted once and kept; a scrape formats only the values, and only of the collectors that changed since the last
+one (`render_collectors`: the request metrics change when requests do, the live gauges are read every time). Names
+need no escaping: the gateway's metric and label
 names are all plain Prometheus names (tests/unit/test_prometheus_text.py checks the output against
 `generate_latest`'s, byte for byte).
 """
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping
+
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -29,10 +34,29 @@ class TextExposition:
         self._registry = registry
         self._headers: dict[tuple[str, str, str], str] = {}
         self._names: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._texts: dict[int, tuple[int, str]] = {}  # id(collector) → (its version, its text)
 
     def render(self) -> bytes:
+        return self._text(self._registry.collect()).encode("utf-8")
+
+    def render_collectors(self, collectors: Iterable[Any], versions: Mapping[int, int]) -> bytes:
+        """The registry's text from its `collectors`, listed in the order they were registered. A collector with a
+        version (`versions`, by `id`, a number its owner raises after every change to it) keeps its text while
+        the number stays; the others are collected every time."""
+        output = []
+        for collector in collectors:
+            version = versions.get(id(collector))
+            kept = self._texts.get(id(collector))
+            if version is None or kept is None or kept[0] != version:
+                kept = (version, self._text(collector.collect()))
+                if version is not None:
+                    self._texts[id(collector)] = kept
+            output.append(kept[1])
+        return "".join(output).encode("utf-8")
+
+    def _text(self, metrics: Iterable[Metric]) -> str:
         output: list[str] = []
-        for metric in self._registry.collect():
+        for metric in metrics:
             moved: dict[str, list[str]] = {}
             output.append(self._header(metric.name, metric.type, metric.documentation))
             for sample in metric.samples:
@@ -44,7 +68,7 @@ class TextExposition:
             for suffix, lines in sorted(moved.items()):
                 output.append(self._header(metric.name + suffix, "gauge", metric.documentation))
                 output.extend(lines)
-        return "".join(output).encode("utf-8")
+        return "".join(output)
 
     def _header(self, name: str, kind: str, documentation: str) -> str:
         key = (name, kind, documentation)

@@ -12,7 +12,7 @@ from gateway import tracker as tracker_module
 from gateway.metrics import Metrics
 from gateway.prometheus_text import KEPT_MAX, TextExposition
 from gateway.tracker import Tracker
-from tests.unit.test_metrics import POOL, run_request
+from tests.unit.test_metrics import MODEL, POOL, run_request
 from tests.unit.test_tracker import FakeClock
 
 
@@ -33,7 +33,29 @@ def test_the_gateways_metrics_match_generate_latest_scrape_after_scrape(clock: F
         run_request(tracker, clock, rid=f"r{i}", tokens=3 + i)
         body, _ = metrics.render()
         assert body == generate_latest(metrics.registry)
+        assert metrics.render()[0] == body  # nothing changed: every request metric's text kept
     assert b"llm_gateway_prompt_rule_applied_total" in body and b'rule="date line"' in body
+
+
+def test_a_metric_changed_between_scrapes_is_written_again(clock: FakeClock) -> None:
+    """Each kind of change (a start, a first token, later tokens, an end, a new model's first child) reaches the
+    next scrape, with the kept text of the others."""
+    tracker = Tracker()
+    metrics = Metrics(tracker)
+    metrics.render()
+    record = tracker.open("a", "openai", "/v1/chat/completions", "gpt-4o-mini", True)
+    record.set_model(MODEL)
+    record.started(prompt_tokens=5, cached_tokens=2, max_tokens=20)
+    assert metrics.render()[0] == generate_latest(metrics.registry)
+    record.tokens()
+    assert metrics.render()[0] == generate_latest(metrics.registry)
+    for _ in range(3):
+        clock.advance(0.01)
+        record.tokens(2)
+        assert metrics.render()[0] == generate_latest(metrics.registry)
+    record.finish("completed", "stop")
+    body = metrics.render()[0]
+    assert body == generate_latest(metrics.registry) and b'status="completed"' in body
 
 
 def test_every_kind_and_escaped_label_values_match_generate_latest() -> None:
