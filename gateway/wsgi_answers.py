@@ -65,8 +65,8 @@ def request_query(environ: dict) -> dict[str, str]:
     if not raw:
         return {}
     query: dict[str, str] = {}
-    for name, value in parse_qsl(raw.encode("latin-1").decode("utf-8", "replace"), keep_blank_values=True,
-                                 errors="replace"):
+    text = raw.encode("latin-1", "replace").decode("utf-8", "replace")  # WSGI's latin-1 back to the UTF-8 sent
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
         query.setdefault(name, value)
     return query
 
@@ -86,7 +86,7 @@ def id_headers(environ: dict) -> list[tuple[str, str]]:
 
 def request_path(environ: dict) -> str:
     """PATH_INFO as text: WSGI carries its bytes as latin-1."""
-    return environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    return environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 class Dispatch:

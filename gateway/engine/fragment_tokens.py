@@ -6,7 +6,7 @@ token's text (longest first), then tokenizes each piece between them on its own.
 cost 55, and an agent's conversation is tokenized whole again on every turn, though only its last message is new.
 Chat templates put special tokens around every message, so the pieces are the messages: `FragmentTokenizer` does
 the split here, exactly as llama.cpp does it, keeps each piece's tokens (least recently used dropped past
-`MAX_TOKENS`), and asks llama.cpp only for pieces it has not seen.
+`MAX_BYTES` of text and tokens), and asks llama.cpp only for pieces it has not seen.
 
 Exact only where llama.cpp's steps are as above: BPE and SentencePiece vocabularies (where each piece is tokenized
 alone, a SentencePiece piece after the start or a special token, which every piece is), and special tokens whose
@@ -28,8 +28,9 @@ ATTR_UNKNOWN, ATTR_CONTROL, ATTR_USER_DEFINED = 1 << 0, 1 << 3, 1 << 4
 ATTR_LSTRIP, ATTR_RSTRIP = 1 << 7, 1 << 8
 SPACES = b" \t\n\v\f\r"  # C's isspace, which llama.cpp strips with
 SPACE_BYTES = frozenset(bytes([b]) for b in SPACES)
-MAX_TOKENS = 1 << 20
-"""Tokens kept at most (4 bytes each): a long agent conversation is some tens of thousands."""
+MAX_BYTES = 16 << 20
+"""What the kept pieces may hold, their text and their tokens (4 bytes each): a long agent conversation is some
+hundreds of kilobytes. A piece that would not fit alone is not kept."""
 FEW_SPECIALS = 64
 """Up to this many special tokens, each is looked for in the text; past it (Gemma has 6,414) the text's bytes that
 can start one are."""
@@ -56,7 +57,7 @@ class FragmentTokenizer:
         self.bos, self.eos = bos, eos  # added with add_special, where the vocabulary says to add them
         self.tokenize_piece = tokenize_piece  # llama.cpp, for a piece without special tokens
         self._kept: OrderedDict[bytes, array] = OrderedDict()
-        self._kept_tokens = 0
+        self._kept_bytes = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -124,13 +125,18 @@ class FragmentTokenizer:
                 self._kept.move_to_end(piece)
                 return tokens
         tokens = array("i", self.tokenize_piece(piece))
+        size = _size(piece, tokens)
         with self._lock:
-            if piece not in self._kept:
+            if piece not in self._kept and size <= MAX_BYTES:
                 self._kept[piece] = tokens
-                self._kept_tokens += len(tokens)
-            while self._kept_tokens > MAX_TOKENS and self._kept:
-                self._kept_tokens -= len(self._kept.popitem(last=False)[1])
+                self._kept_bytes += size
+            while self._kept_bytes > MAX_BYTES and self._kept:
+                self._kept_bytes -= _size(*self._kept.popitem(last=False))
         return tokens
+
+
+def _size(piece: bytes, tokens: array) -> int:
+    return len(piece) + tokens.itemsize * len(tokens)
 
 
 def _ties_overlap(specials: list[Special]) -> bool:

@@ -98,10 +98,16 @@ def test_ties_that_can_overlap_keep_llama_cpps_own_call():
     assert FragmentTokenizer.for_vocab(7, [Special(b"<a>", 1, ATTR_CONTROL)], None, None, lambda p: []) is None
 
 
-def test_kept_tokens_are_bounded(monkeypatch):
-    monkeypatch.setattr(fragment_tokens, "MAX_TOKENS", 10)
+def test_kept_pieces_are_bounded(monkeypatch):
+    """Text and tokens together (here 1 + 4 bytes a byte of text): the least recently used go first, and a piece
+    too big to keep alone is tokenized and not kept."""
+    monkeypatch.setattr(fragment_tokens, "MAX_BYTES", 50)
     tokenizer = FragmentTokenizer.for_vocab(fragment_tokens.VOCAB_BPE, [Special(b"<a>", 1, ATTR_CONTROL)], None,
                                             None, lambda piece: list(range(len(piece))))
     for n in range(1, 8):
         tokenizer.tokenize(b"x" * n + b"<a>", False, True)
-    assert tokenizer._kept_tokens <= 10 and list(tokenizer._kept) == [b"x" * 7]
+    assert tokenizer._kept_bytes == 35 and list(tokenizer._kept) == [b"x" * 7]  # 6 x's (30) and 7 (35) > 50
+    tokenizer.tokenize(b"x" * 3 + b"<a>", False, True)
+    assert list(tokenizer._kept) == [b"x" * 7, b"x" * 3]
+    assert tokenizer.tokenize(b"y" * 20 + b"<a>", False, True) == [*range(20), 1]  # 100 bytes: not kept
+    assert list(tokenizer._kept) == [b"x" * 7, b"x" * 3]

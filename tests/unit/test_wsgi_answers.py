@@ -16,7 +16,7 @@ from gateway.response_store import Conversations, MemoryStore
 from gateway.routes import read_body, register_fallbacks, register_routes
 from gateway.service import Service
 from gateway.types import ErrorKind, GatewayError
-from gateway.wsgi_answers import Answer, Dispatch, request_headers, request_query
+from gateway.wsgi_answers import Answer, Dispatch, request_headers, request_path, request_query
 
 LIMIT = 4096
 
@@ -100,6 +100,15 @@ def test_headers_and_query_read_as_werkzeug_reads_them():
     request = Request(environ)
     assert request_query(environ) == request.args.to_dict()
     assert request_headers(environ) == {k.lower(): v for k, v in request.headers.items()}
+
+
+def test_bytes_that_are_not_utf_8_or_not_latin_1_never_fail():
+    """Raw UTF-8 in a query or path arrives as latin-1 text (PEP 3333) and reads back as sent; invalid UTF-8, or
+    text a server outside the rules put there, reads with replacement characters, never an exception."""
+    sent = "q=caf\u00e9&x=%FF".encode().decode("latin-1")
+    assert request_query({"QUERY_STRING": sent}) == {"q": "caf\u00e9", "x": "\ufffd"}
+    assert request_query({"QUERY_STRING": "a=\u2603"}) == {"a": "?"}
+    assert request_path({"PATH_INFO": b"/caf\xc3\xa9/\xff".decode("latin-1")}) == "/caf\u00e9/\ufffd"
 
 
 def body_of(data: bytes, length: str | None, terminated: bool = False) -> bytes:
