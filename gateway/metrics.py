@@ -84,12 +84,11 @@ class Metrics:
                                     "key) and final status.", ["key", "status"], registry=r)
         self.key_tokens = Counter("llm_gateway_key_tokens", "Prompt and generated tokens by API key name.",
                                   ["key", "kind"], registry=r)
-        self._text = TextExposition(r)
-        # The request metrics in the order they were registered, each with a number raised after every change to
-        # it, so a scrape formats again only those that changed; the live gauges (`watch`) are read every time.
-        self._collectors: list[Any] = [self.requests, self.ttft, self.itl, self.e2e, self.queue_wait,
-                                       self.prompt_tokens, self.cached_tokens, self.generated_tokens,
-                                       self.key_requests, self.key_tokens]
+        self._text = TextExposition()
+        # The request metrics in the order they were made (and registered), each with a number raised after every
+        # change to it, so a scrape formats again only those that changed; the live gauges (`watch`) are read
+        # every time.
+        self._collectors: list[Any] = [m for m in vars(self).values() if isinstance(m, (Counter, Histogram))]
         self._versions = {id(c): 0 for c in self._collectors}
         self._numbers = itertools.count(1)  # each version is a number never given before (see `_changed`)
         self._lock = threading.Lock()
@@ -191,7 +190,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         for (api, model), pending in list(self._pending.items()):
             self._apply(api, model, pending)
-        return self._text.render_collectors(self._collectors, self._versions), CONTENT_TYPE_LATEST
+        return self._text.render(self._collectors, self._versions), CONTENT_TYPE_LATEST
 
 
 MODEL_GAUGES = (  # metric name, help, pool_view key

@@ -6,17 +6,15 @@ expressions and string copies on every line); that was 70% of a `/metrics` reque
 profile. A scrape loop, or a page that polls `/metrics`, pays it over and over while the same two cores decode.
 Here the parts that only depend on names (a family's HELP and TYPE lines, a sample's name with its labels) are
 formatted once and kept; a scrape formats only the values, and only of the collectors that changed since the last
-one (`render_collectors`: the request metrics change when requests do, the live gauges are read every time). Names
-need no escaping: the gateway's metric and label
-names are all plain Prometheus names (tests/unit/test_prometheus_text.py checks the output against
-`generate_latest`'s, byte for byte).
+one (`render`'s versions: the request metrics change when requests do, the live gauges are read every time).
+Names need no escaping: the gateway's metric and label names are all plain Prometheus names
+(tests/unit/test_prometheus_text.py checks the output against `generate_latest`'s, byte for byte).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -27,22 +25,20 @@ TYPE_NAMES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram
 
 
 class TextExposition:
-    """`render()` is `generate_latest(registry)`. Scrapes may run in several threads at once: the kept names are
-    only read and added to (single dict operations), and one that is lost is only formatted again."""
+    """`render([registry])` is `generate_latest(registry)`. Scrapes may run in several threads at once: the kept
+    names and texts are only read and added to (single dict operations), and one that is lost is only formatted
+    again."""
 
-    def __init__(self, registry: CollectorRegistry):
-        self._registry = registry
+    def __init__(self) -> None:
         self._headers: dict[tuple[str, str, str], str] = {}
         self._names: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._texts: dict[int, tuple[int, str]] = {}  # id(collector) → (its version, its text)
 
-    def render(self) -> bytes:
-        return self._text(self._registry.collect()).encode("utf-8")
-
-    def render_collectors(self, collectors: Iterable[Any], versions: Mapping[int, int]) -> bytes:
-        """The registry's text from its `collectors`, listed in the order they were registered. A collector with a
-        version (`versions`, by `id`, a number its owner raises after every change to it) keeps its text while
-        the number stays; the others are collected every time."""
+    def render(self, collectors: Iterable[Any], versions: Mapping[int, int] | None = None) -> bytes:
+        """A registry's text from its `collectors`, in the order they were registered (a `CollectorRegistry` is a
+        collector too). A collector with a version (`versions`, by `id`, a number its owner raises after every
+        change to it) keeps its text while the number stays; the others are collected every time."""
+        versions = versions or {}
         output = []
         for collector in collectors:
             version = versions.get(id(collector))

@@ -113,8 +113,8 @@ class FragmentTokenizer:
         if len(self.specials) <= FEW_SPECIALS:
             occurring = [s for s in self.specials if s.text in data]
         else:
-            found = {data[at:at + n] for match in self.starts.finditer(data) for at in (match.start(),)
-                     for n in self.lengths if data[at:at + n] in self.by_text}
+            starts = [match.start() for match in self.starts.finditer(data)]
+            found = {data[at:at + n] for at in starts for n in self.lengths if data[at:at + n] in self.by_text}
             occurring = sorted((self.by_text[t] for t in found), key=lambda s: -len(s.text))
         return [s for s in occurring if parse_special or s.always]
 

@@ -75,21 +75,21 @@ def test_every_kind_and_escaped_label_values_match_generate_latest() -> None:
             return [family]
 
     registry.register(Custom())
-    text = TextExposition(registry)
+    text = TextExposition()
     for value in (1, 2.5, 1e21):
         counter.labels('quote " and \\ and\nnewline').inc(value)
         counter.labels("plain").inc()
         gauge.set(-value)
         hist.labels("m").observe(value / 10)
         summary.observe(value)
-        assert text.render() == generate_latest(registry)
+        assert text.render([registry]) == generate_latest(registry)
 
 
 def test_kept_names_are_bounded() -> None:
     registry = CollectorRegistry()
     counter = Counter("many", "Many label values.", ["n"], registry=registry)
-    text = TextExposition(registry)
+    text = TextExposition()
     for n in range(KEPT_MAX + 10):
         counter.labels(str(n)).inc()
-    assert text.render() == generate_latest(registry)
+    assert text.render([registry]) == generate_latest(registry)
     assert len(text._names) <= KEPT_MAX
