@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.base import (
@@ -393,7 +394,7 @@ def render_tokenize(result: TokenizeResult, req: InternalRequest, ctx: RequestCo
 FRAGMENT_SLACK = 4  # bytes a run of byte-fragment tokens may cover, per token (one UTF-8 character at most)
 
 
-def token_spans(text: str, pieces: list[str]) -> list[tuple[int, int]]:
+def token_spans(text: str, pieces: Sequence[str]) -> list[tuple[int, int]]:
     """Byte spans of each token's piece in `text`, found left to right. A piece matches where the text goes on
     with it, or with it minus a leading space (SentencePiece's added prefix space). A piece holding U+FFFD is a
     fragment of a multi-byte character; a run of them takes the bytes up to the next piece that matches. Any

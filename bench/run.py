@@ -7,9 +7,9 @@ runs by about ±10%, so the report is gateway / llama-server measured in the sam
 With ``--rounds N`` the two servers alternate N times (the order flips every round so slow drift, e.g. thermal,
 does not always favour the same server) and the table shows per-level medians.
 
-With ``--flood`` each server, after its quiet levels, runs c = 8 once more while bench/flood.py (a process of its
-own) sends 200 cheap API requests per second to it; the table gives flooded / quiet tok/s per server, i.e. how
-much of the decode loop API traffic costs each.
+With ``--flood`` each server, after its quiet levels, runs c = 8 quiet once more and then c = 8 while
+bench/flood.py (a process of its own) sends 200 cheap API requests per second to it; the table gives flooded /
+quiet tok/s per server, i.e. how much of the decode loop API traffic costs each.
 
 On CPUs with AMX, llama.cpp's repacked AMX weights crash (llama.cpp #20824), so there llama-server and
 llama-batched-bench get ``--no-repack`` (the gateway already loads without repacking on such CPUs), and the
@@ -298,16 +298,18 @@ def measure_level(name: str, server: Server, target: loadgen.Target, c: int, arg
 
 
 def flooded_level(name: str, server: Server, target: loadgen.Target, args: argparse.Namespace,
-                  quiet: dict[str, Any] | None) -> dict[str, Any]:
+                  earlier: dict[str, Any] | None) -> dict[str, Any]:
     """c = --flood-concurrency while bench/flood.py sends --flood-rate cheap requests/s to the same server.
 
     The flood is a child process that reaches its rate (`--flood-settle`) before the level starts and stops when
     it ends; it is reaped before the foreign load is read, so its CPU counts as ours, and it reports that CPU
-    itself. The quiet figure is this run's level at the same c, measured now if --concurrency lacks it."""
+    itself. The quiet figure is the same c measured just before, on the server as the quiet levels have left it:
+    the run's own level at that c (`earlier`) came before the levels above it, and a server's c = 8 after a
+    c = 16 level need not be what it was before (its KV cache holds 16 sequences' cells), which is no part of
+    what the flood costs. The fraction against `earlier` is kept too."""
     c = args.flood_concurrency
-    if quiet is None:
-        quiet = measure_level(name, server, target, c, args, " (quiet, for the flood)")[1]
-        time.sleep(1.0)
+    quiet = measure_level(name, server, target, c, args, " (quiet, for the flood)")[1]
+    time.sleep(1.0)
     rpw, duration = loadgen.resolve_mode(args)
     # bound the flood: the level's duration plus room for its tail, or 10 minutes in requests-per-worker mode
     max_seconds = (duration or 600.0) + args.flood_settle + 120.0
@@ -336,7 +338,8 @@ def flooded_level(name: str, server: Server, target: loadgen.Target, args: argpa
         f"achieved of {args.flood_rate:.0f}, {report.get('errors', '?')} errors, "
         f"{report.get('client_cpu_cores') or 0:.2f} client cores, {server_ms:.2f} server CPU ms per request{warn}")
     return {"quiet": quiet, "flooded": flooded, "flood": report, "fraction": fraction,
-            "server_ms_per_request": server_ms}
+            "server_ms_per_request": server_ms, "earlier_quiet": earlier,
+            "fraction_of_earlier": lvl.tok_per_s / earlier["tok_per_s"] if earlier and earlier["tok_per_s"] else None}
 
 
 def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace, stamp: str,
@@ -363,8 +366,8 @@ def bench_server(name: str, cmd: list[str], port: int, args: argparse.Namespace,
         print(f"\n{name} (round {round_no}):\n{loadgen.format_table(levels)}\n", file=sys.stderr, flush=True)
         flooded = None
         if args.flood:
-            quiet = next((r for r in out if r["concurrency"] == args.flood_concurrency), None)
-            flooded = flooded_level(name, server, target, args, quiet)
+            earlier = next((r for r in out if r["concurrency"] == args.flood_concurrency), None)
+            flooded = flooded_level(name, server, target, args, earlier)
         return out, flooded
     finally:
         server.stop()
@@ -424,11 +427,13 @@ def summarize_flood(result: dict[str, Any]) -> str:
     cfg = result["config"]["flood"]
     lines = [
         f"Decode under API load: c = {cfg['concurrency']} quiet and while bench/flood.py sends "
-        f"{cfg['rate']:.0f} cheap requests/s (medians of rounds; achieved rate within the flooded level)",
+        f"{cfg['rate']:.0f} cheap requests/s, the quiet level just before the flooded one (medians of rounds; "
+        "achieved rate within the flooded level)",
         "",
-        "| server | quiet tok/s | flooded tok/s | flooded / quiet | flood req/s achieved (target) | flood errors "
-        "| flood latency p50 / p99 ms | flood client CPU cores | server CPU ms per request |",
-        "|" + "---|" * 9,
+        "| server | quiet tok/s | flooded tok/s | flooded / quiet | flooded / earlier c level "
+        "| flood req/s achieved (target) | flood errors | flood latency p50 / p99 ms | flood client CPU cores "
+        "| server CPU ms per request |",
+        "|" + "---|" * 10,
     ]
 
     def med(values: list[Any]) -> float | None:
@@ -449,6 +454,7 @@ def summarize_flood(result: dict[str, Any]) -> str:
         flooded = med([r["flooded"]["tok_per_s"] for r in runs if r["flooded"]])
         lines.append(
             f"| {label} | {f(quiet)} | {f(flooded)} | {f(med([r['fraction'] for r in runs]), 2)} "
+            f"| {f(med([r.get('fraction_of_earlier') for r in runs]), 2)} "
             f"| {f(med([rep.get('window_rate') for rep in reports]))} ({cfg['rate']:.0f}) "
             f"| {errors}{' (' + failed[0][:60] + ')' if failed else ''} "
             f"| {f(med([rep.get('latency_p50_ms') for rep in reports]))} / "

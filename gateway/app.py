@@ -87,7 +87,8 @@ def build_gateway(settings: Settings) -> Gateway:
                                          tensor_split=[float(x) for x in settings.tensor_split] or None),
                          context=ContextParams(settings.flash_attn, settings.cache_type_k, settings.cache_type_v),
                          prompt_cache=PromptCacheSettings(settings.prompt_cache_dir, settings.prompt_cache_min_tokens,
-                                                          settings.prompt_cache_max_bytes)),
+                                                          settings.prompt_cache_max_bytes),
+                         parked_max_bytes=settings.parked_kv_max_bytes),
         pool_settings, load_fn=start_backend, estimate_fn=local_only(estimate_bytes), vram_fn=local_only(vram_bytes),
         context_fn=choose_context)
     changes = ModelChanges(registry, pool, store_root(settings), settings.ollama_registry, settings.store_changes,

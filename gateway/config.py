@@ -148,6 +148,12 @@ SETTINGS: list[Setting] = [
     Setting("prompt_cache_min_tokens", 512, int, "Shortest prefix (in tokens) the persistent prompt cache saves."),
     Setting("prompt_cache_max_bytes", 4 * 2**30, int, "Most bytes the prompt cache folder holds; the least "
                                                       "recently used files are removed beyond it."),
+    Setting("parked_kv_max_bytes", -1, int, "Memory per model for idle sequences' KV state: when a job starts, "
+                                            "idle sequences' cells leave the KV cache (every cell in use costs "
+                                            "each running stream's attention) and their state waits here for a "
+                                            "prompt that continues it; the least recently parked go first. -1: "
+                                            "as much as the model's KV cache holds; 0: idle sequences keep their "
+                                            "cells."),
     Setting("prompt_rules", DEFAULT_RULES, list, "Rules applied to system prompts before tokenizing, so that a "
                                                  "line that changes per request does not defeat the prefix "
                                                  "cache: {name, pattern (a regular expression, multiline), "
@@ -167,7 +173,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("Engine: every model's defaults", ("parallel", "n_ctx", "n_batch", "prefill_chunk", "n_threads",
                                         "n_gpu_layers", "tensor_split", "flash_attn", "cache_type_k",
                                         "cache_type_v", "prompt_cache_dir", "prompt_cache_min_tokens",
-                                        "prompt_cache_max_bytes", "prompt_rules")),
+                                        "prompt_cache_max_bytes", "parked_kv_max_bytes", "prompt_rules")),
     ("Limits and the model pool", ("max_queue", "request_timeout", "keep_alive", "max_loaded_models",
                                    "memory_budget", "context_overflow")),
     ("Answers", ("reasoning_field", "keep_think_tags", "responses_store")),
@@ -338,6 +344,9 @@ def _validate(settings: Settings) -> None:
     if settings.prompt_cache_min_tokens < 1 or settings.prompt_cache_max_bytes < 1:
         key = "prompt_cache_min_tokens" if settings.prompt_cache_min_tokens < 1 else "prompt_cache_max_bytes"
         raise ConfigError(f"`{key}` must be positive, got {settings.values[key]}")
+    if settings.parked_kv_max_bytes < -1:
+        raise ConfigError(f"`parked_kv_max_bytes` must be -1 (as much as the KV cache), 0 (off) or a number of "
+                          f"bytes, got {settings.parked_kv_max_bytes}")
     prompt_rules(settings)
     if settings.max_loaded_models < 0:
         raise ConfigError(f"`max_loaded_models` must be 0 or more, got {settings.max_loaded_models}")

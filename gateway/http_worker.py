@@ -61,6 +61,7 @@ class GatewayWorker(Worker):
     def init_process(self) -> None:
         self.epoll = select.epoll()  # the listeners, and kept-alive connections armed for one event each
         self.listeners: dict[int, socket.socket] = {}
+        self.addresses: dict[int, tuple] = {}  # each listener's own address, for the environ
         self.parked: dict[int, Connection] = {}  # kept-alive connections waiting in `epoll`, by descriptor
         self.open = 0  # connections accepted and not closed yet
         self.lock = threading.Lock()  # over `parked` and `open`
@@ -79,6 +80,7 @@ class GatewayWorker(Worker):
         self.timeouts = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
         self.base = base_environ(self.sockets[0].getsockname())
         self.listeners = {listener.fileno(): listener for listener in self.sockets}
+        self.addresses = {listener.fileno(): listener.getsockname() for listener in self.sockets}
         for listener in self.sockets:
             listener.setblocking(False)
         for i in range(self.cfg.threads):
@@ -176,7 +178,7 @@ class GatewayWorker(Worker):
             return None
         with self.lock:
             self.open += 1
-        return Connection(sock, client, listener.getsockname())
+        return Connection(sock, client, self.addresses[fd])
 
     def _unpark(self, fd: int) -> Connection | None:
         with self.lock:  # None: closed as idle meanwhile

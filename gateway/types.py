@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Union
@@ -448,7 +449,7 @@ class VersionResult:
 @dataclass
 class TokenizeResult:
     tokens: list[int]
-    pieces: list[str]  # each token's text
+    pieces: Sequence[str]  # each token's text
     max_model_len: int
     model: str
 

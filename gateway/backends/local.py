@@ -266,7 +266,7 @@ class LocalBackend(Backend):
         else:
             text = req.prompts[0] if req.prompts else ""
             tokens = model.tokenize(text, model.add_bos and req.add_special_tokens, True)
-        return TokenizeResult(tokens, [model.token_text(t) for t in tokens], self.n_ctx, spec.name)
+        return TokenizeResult(tokens, model.token_texts(tokens), self.n_ctx, spec.name)
 
     def detokenize(self, tokens: list[int]) -> str:
         check_token_ids([tokens], self.model.n_vocab, "tokens")

@@ -38,6 +38,7 @@ from gateway.engine.llama import (
     supports_gpu_offload,
 )
 from gateway.engine.logprobs import token_logprobs
+from gateway.engine.parked_states import ParkedStates
 from gateway.engine.prefix_cache import common_prefix, find_leader, held_prefixes, reuse_prefix
 from gateway.engine.prompt_store import PromptCacheSettings, PromptStore
 from gateway.engine.sampling import GrammarCache, SamplerChain, SamplingDefaults
@@ -67,6 +68,8 @@ class ExecutorSettings:
     context: ContextParams = field(default_factory=ContextParams)  # attention, KV types, LoRA (generation only)
     n_ctx_reason: str = ""  # why n_ctx has its size (the pool's choice), for the log and monitors
     prompt_cache: PromptCacheSettings | None = None  # the persistent prompt cache (gateway/engine/prompt_store.py)
+    parked_max_bytes: int = -1  # idle sequences' KV state out of the window (parked_states.py); -1: as much as
+    # the KV cache holds, 0: idle sequences keep their cells
 
 
 class Executor:
@@ -97,6 +100,10 @@ class Executor:
         self._waiting: deque[JobHandle] = deque()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._store = self._open_store(settings.prompt_cache)
+        parked = settings.parked_max_bytes
+        if parked < 0:
+            parked = self.n_ctx * self._kv_bytes_per_token()
+        self._parked = ParkedStates(parked) if parked > 0 else None
         self._store_sent = -1  # the store's stats version last reported by `cache_stats`
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
         self._submitted = 0
@@ -159,15 +166,19 @@ class Executor:
     def _open_store(self, settings: PromptCacheSettings | None) -> PromptStore | None:
         if settings is None or not settings.dir:
             return None
-        model = self.model.ptr
-        n_head = max(1, llama_cpp.llama_model_n_head(model))
-        n_embd_kv = self.model.n_embd * llama_cpp.llama_model_n_head_kv(model) // n_head
-        per_token = 4 * llama_cpp.llama_model_n_layer(model) * n_embd_kv + 16  # f16 K and V, and the cell's facts
         try:
-            return PromptStore(settings, self.model.path, per_token, wake=lambda: self._inbox.put(("wake", None)))
+            return PromptStore(settings, self.model.path, self._kv_bytes_per_token(),
+                               wake=lambda: self._inbox.put(("wake", None)))
         except OSError as exc:  # a folder that cannot be created or read: serve without it
             log.warning("prompt cache off for %s: %s", self.name, exc)
             return None
+
+    def _kv_bytes_per_token(self) -> int:
+        """A token's bytes in a sequence's saved state: f16 K and V of every layer, and the cell's facts."""
+        model = self.model.ptr
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        n_embd_kv = self.model.n_embd * llama_cpp.llama_model_n_head_kv(model) // n_head
+        return 4 * llama_cpp.llama_model_n_layer(model) * n_embd_kv + 16
 
     def cache_stats(self, changed_only: bool = True) -> dict | None:
         """The persistent prompt cache's numbers (None without one, or when unchanged since the last call)."""
@@ -176,6 +187,11 @@ class Executor:
             return None
         self._store_sent = store.version
         return store.stats()
+
+    def parked_stats(self) -> dict | None:
+        """The parked idle states' numbers (parked_states.py); None when parking is off."""
+        parked = self._parked
+        return None if parked is None else {**parked.counts, "entries": len(parked), "bytes": parked.bytes}
 
     def kv_used(self) -> int:
         """KV cells the sequences hold; a runner sends it with every step's events."""
@@ -243,11 +259,13 @@ class Executor:
 
     def _admit(self) -> None:
         """Give free sequences to waiting jobs, first come first served, reusing cached prefixes. A job whose
-        prompt shares a long prefix with one being prefilled follows it and copies that prefix when ready."""
+        prompt shares a long prefix with one being prefilled follows it and copies that prefix when ready. Once
+        jobs have started, the sequences still idle are parked."""
+        admitted = False
         while self._waiting:
             free = [s for s in self._slots if s.handle is None]
             if not free:
-                return
+                break
             handle = self._waiting.popleft()
             prompt = handle.job.prompt
             held = held_prefixes(self._slots, prompt)
@@ -258,11 +276,22 @@ class Executor:
                 self._end(handle, Finished("error", len(prompt), 0, 0, error=err))
                 continue
             seq.begin(handle, sampler, early)
+            admitted = True
             leader, shared = find_leader(held, prompt)
             if leader is not None:
                 seq.follow(leader, shared)
             else:
                 self._start_prefill(seq, held)
+        if admitted and self._parked is not None:
+            self._park_idle()
+
+    def _park_idle(self) -> None:
+        """Idle sequences' cells leave the KV cache, their state kept in memory (parked_states.py): every cell
+        up to the highest one in use costs every running stream's attention."""
+        for seq in self._slots:
+            if seq.handle is None and seq.tokens and self._parked.park(self._ctx, seq.seq_id, seq.tokens):
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+                seq.tokens = []
 
     def _samplers(self, handle: JobHandle) -> tuple[SamplerChain, SamplerChain | None]:
         """The job's chain, and for `min_tokens` a second one that bans every token that would end it early
@@ -302,6 +331,11 @@ class Executor:
         seq.leader = seq.leader_handle = None
         if held is None:
             held = held_prefixes(self._slots, prompt)
+        if self._parked is not None:
+            tokens = self._parked.restore(self._ctx, seq.seq_id, prompt, max(held.values(), default=0))
+            if tokens is not None:
+                seq.tokens = tokens
+                held[seq] = common_prefix(tokens, prompt)
         if self._store is not None:
             held[seq] = self._restore(seq, prompt, max(held.values(), default=0))
         seq.cached = reuse_prefix(self._mem, seq, held, prompt)

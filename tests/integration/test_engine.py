@@ -155,3 +155,39 @@ def test_prompts_that_arrive_together_are_prefilled_one_after_the_other():
         running.cancel()
     finally:
         ex.close()
+
+
+def held_sequences(executor: Executor) -> int:
+    """How many sequences hold cells in llama.cpp's KV cache (asked of llama.cpp, not of the executor's books)."""
+    import llama_cpp
+
+    return sum(llama_cpp.llama_memory_seq_pos_max(executor._mem, s) >= 0 for s in range(executor.parallel))
+
+
+@pytest.mark.parametrize("parked_max_bytes", [-1, 0, 1])
+def test_idle_sequences_are_parked_when_a_job_starts_and_restored_for_a_prompt_that_continues_them(
+        parked_max_bytes):
+    """With parking on, a sequence left idle gives its cells up when another job starts, and a later prompt that
+    continues it gets its state back rather than a prefill. Off (0), or with a state bigger than the bound (1
+    byte), the idle sequence keeps its cells, and the same prompt reuses them in place."""
+    ex = Executor("smollm2", embedded_model_path(),
+                  ExecutorSettings(parallel=2, n_ctx=1024, parked_max_bytes=parked_max_bytes))
+    try:
+        rome = tokens(ex, "The history of the city of Rome begins with a small village on a hill. " * 4)
+        run(ex.submit(GenerationJob(rome, GREEDY, max_tokens=8)))
+        bread = tokens(ex, "A recipe for bread: flour, water, salt and a little yeast. " * 3)
+        run(ex.submit(GenerationJob(bread, GREEDY, max_tokens=4)))
+        parking = parked_max_bytes == -1  # the default: as much as the KV cache holds
+        assert held_sequences(ex) == (1 if parking else 2)  # Rome's sequence was parked when bread's started
+        longer = rome + tokens(ex, " Later the village grew.")
+        events, _ = run(ex.submit(GenerationJob(longer, GREEDY, max_tokens=4)))
+        assert events[0] == Started(len(longer), len(rome))
+        stats = ex.parked_stats()
+        if parked_max_bytes == 0:
+            assert stats is None
+        else:
+            assert stats["restored"] == (1 if parking else 0)
+            assert stats["parked"] == (2 if parking else 0)  # Rome's, then bread's when the longer prompt began
+            assert held_sequences(ex) == (1 if parking else 2)
+    finally:
+        ex.close()
