@@ -417,4 +417,6 @@ def _runner_facts(status) -> dict:
         facts["note"] = status.note
     if status.endpoints:
         facts["endpoints"] = status.endpoints
+    if status.parked is not None:
+        facts["parked"] = status.parked
     return facts

@@ -83,6 +83,7 @@ class BackendStatus:
     capabilities: tuple[str, ...] = ("chat", "completion", "embedding", "tokenize")  # request kinds it serves
     endpoints: list[dict] = field(default_factory=list)  # upstream URLs: {url, state, in_flight, last_error}
     prompt_cache: dict | None = None  # the persistent prompt cache: entries, bytes, hits, misses... (None: off)
+    parked: dict | None = None  # idle sequences' states parked out of the KV cache: entries, bytes, restored...
     prompt_rules: dict[str, dict[str, int]] = field(default_factory=dict)  # rule → {applied, saved_chars}
 
 

@@ -280,7 +280,8 @@ class LocalBackend(Backend):
             health="ok" if runner.alive else "crashed", pid=runner.pid,
             repack=(self._settings.load or LoadParams()).repack, busy=stats["busy"], waiting=stats["waiting"],
             kv_used=min(stats["kv_used"], self.n_ctx), restarts=self.restarts, crashes=list(self.crashes),
-            note=self.note, prompt_cache=self._cache_stats(runner), prompt_rules=self.rules.counts())
+            note=self.note, prompt_cache=self._cache_stats(runner), parked=runner.parked_stats,
+            prompt_rules=self.rules.counts())
 
     def _cache_stats(self, runner: RunnerProcess) -> dict | None:
         """The runner's persistent prompt cache numbers with the warms counted here (None: the cache is off)."""

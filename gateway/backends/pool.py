@@ -282,7 +282,8 @@ class ModelPool:
                         "crashes": len(status.crashes),
                         "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note,
                         "context_reason": entry.context_reason, "endpoints": status.endpoints,
-                        "prompt_cache": status.prompt_cache, "prompt_rules": status.prompt_rules})
+                        "prompt_cache": status.prompt_cache, "parked": status.parked,
+                        "prompt_rules": status.prompt_rules})
         return out
 
     def gpu_offload(self) -> bool:
@@ -369,6 +370,7 @@ class ModelPool:
                                   cache_type_v=spec.cache_type_v or base.context.cache_type_v,
                                   lora=tuple(spec.lora)),
             prompt_cache=base.prompt_cache,
+            parked_max_bytes=base.parked_max_bytes,
         )
         choice = self._context_fn(spec, settings, self.settings.memory_budget)
         if choice is not None:

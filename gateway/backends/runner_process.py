@@ -78,6 +78,7 @@ class RunnerProcess:
         self._messages = MessageReader(self._conn.fileno())
         self.facts, early = self._wait_ready(load_timeout)
         self.cache_stats = self.facts.get("prompt_cache")
+        self.parked_stats: dict | None = self.facts.get("parked")  # idle sequences' parked states (None: off)
         self.pid = self.process.pid
         self._gone = threading.Event()  # set once the process is reaped and everyone in flight was told
         readable = select.poll()  # one poll object for the runner's life: `Connection.poll` builds one per call
@@ -249,6 +250,8 @@ class RunnerProcess:
             self.kv_used = message[2]
         elif message[0] == "cache":
             self.cache_stats = message[1]
+        elif message[0] == "parked":
+            self.parked_stats = message[1]
         elif message[0] == "embedded":
             with self._lock:
                 reply = self._embeds.pop(message[1], None)

@@ -38,6 +38,7 @@ from gateway.engine.llama import (
     supports_gpu_offload,
 )
 from gateway.engine.logprobs import token_logprobs
+from gateway.engine.parked_states import MIN_GAIN as PARK_MIN_GAIN
 from gateway.engine.parked_states import ParkedStates
 from gateway.engine.prefix_cache import common_prefix, find_leader, held_prefixes, reuse_prefix
 from gateway.engine.prompt_store import PromptCacheSettings, PromptStore
@@ -105,6 +106,7 @@ class Executor:
             parked = self.n_ctx * self._kv_bytes_per_token()
         self._parked = ParkedStates(parked) if parked > 0 else None
         self._store_sent = -1  # the store's stats version last reported by `cache_stats`
+        self._parked_sent = -1  # the same for `parked_stats`
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
         self._submitted = 0
         self._ended = 0  # jobs that have left (finished, cancelled, failed); written by the loop thread only
@@ -188,10 +190,14 @@ class Executor:
         self._store_sent = store.version
         return store.stats()
 
-    def parked_stats(self) -> dict | None:
-        """The parked idle states' numbers (parked_states.py); None when parking is off."""
+    def parked_stats(self, changed_only: bool = True) -> dict | None:
+        """The parked idle states' numbers (parked_states.py); None when parking is off, or when unchanged
+        since the last call."""
         parked = self._parked
-        return None if parked is None else {**parked.counts, "entries": len(parked), "bytes": parked.bytes}
+        if parked is None or (changed_only and parked.version == self._parked_sent):
+            return None
+        self._parked_sent = parked.version
+        return parked.stats()
 
     def kv_used(self) -> int:
         """KV cells the sequences hold; a runner sends it with every step's events."""
@@ -332,16 +338,26 @@ class Executor:
         if held is None:
             held = held_prefixes(self._slots, prompt)
         if self._parked is not None:
-            tokens = self._parked.restore(self._ctx, seq.seq_id, prompt, max(held.values(), default=0))
-            if tokens is not None:
-                seq.tokens = tokens
-                held[seq] = common_prefix(tokens, prompt)
+            self._swap_parked(seq, prompt, held)
         if self._store is not None:
             held[seq] = self._restore(seq, prompt, max(held.values(), default=0))
         seq.cached = reuse_prefix(self._mem, seq, held, prompt)
         seq.pending = prompt[seq.cached:]
         self._plan_save(seq)
         seq.handle.emit(Started(len(prompt), seq.cached))
+
+    def _swap_parked(self, seq: Sequence, prompt: list[int], held: dict[Sequence, int]) -> None:
+        """Before `seq` serves `prompt`: where it holds much beyond their shared prefix (a quarter of its tokens,
+        `PARK_MIN_GAIN` at least), its state is parked first, since the conversation it served may come back; a
+        short tail after a long shared prefix (a repeated system prompt's last question) is not worth the copy.
+        Then a parked state holding more of the prompt than the cache does comes back."""
+        beyond = len(seq.tokens) - held[seq]
+        if beyond >= PARK_MIN_GAIN and 4 * beyond >= len(seq.tokens):
+            self._parked.park(self._ctx, seq.seq_id, seq.tokens)
+        tokens = self._parked.restore(self._ctx, seq.seq_id, prompt, max(held.values(), default=0))
+        if tokens is not None:
+            seq.tokens = tokens
+            held[seq] = common_prefix(tokens, prompt)
 
     def _restore(self, seq: Sequence, prompt: list[int], have: int) -> int:
         """Load a saved prefix of `prompt` into `seq` when it covers more than the KV cache holds; returns what

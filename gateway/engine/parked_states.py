@@ -7,7 +7,9 @@ SmolLM2, 8 streams decoded over 2,105 cells instead of about 1,100, and made 10-
 the same 8 streams had before the burst (bench/README.md, "Idle sequences parked out of the window").
 
 So when a job starts, every other idle sequence's state is copied out (`llama_state_seq_get_data`) and its cells
-freed, as llama-server does with its idle slots (`--cache-ram` with `--cache-idle-slots`, both on by default).
+freed, as llama-server does with its idle slots (`--cache-ram` with `--cache-idle-slots`, both on by default);
+and a sequence taken for a prompt that shares little with what it holds is copied out before it is overwritten
+(the executor decides which).
 A later prompt that starts with a parked sequence's tokens, where the KV cache holds less of it, gets the state
 copied back (`llama_state_seq_set_data`) instead of being prefilled: about 23 KB a token for SmolLM2, a copy of
 microseconds, against milliseconds of prefill per token on a CPU.
@@ -45,11 +47,15 @@ class ParkedStates:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.counts = {"parked": 0, "restored": 0, "restored_tokens": 0, "evicted": 0, "refused": 0}
+        self.version = 0  # raised at every change, so that a runner sends the numbers only when they moved
         self._entries: OrderedDict[int, Parked] = OrderedDict()  # by a number of their own, oldest use first
         self._next = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def stats(self) -> dict:
+        return {**self.counts, "entries": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes}
 
     def park(self, ctx, seq_id: int, tokens: list[int]) -> bool:
         """Copy out sequence `seq_id`'s state, which holds exactly `tokens`; False when it does not fit (the
@@ -70,6 +76,7 @@ class ParkedStates:
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
             self.counts["evicted"] += 1
+        self.version += 1
         return True
 
     def restore(self, ctx, seq_id: int, prompt: list[int], have: int) -> list[int] | None:
@@ -87,6 +94,7 @@ class ParkedStates:
             return None
         entry = self._entries[number]
         self._drop(number)
+        self.version += 1
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq_id, -1, -1)
         size = len(entry.state)

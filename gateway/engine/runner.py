@@ -44,6 +44,7 @@ class Outbox:
         self._items: list[tuple[int, EngineEvent]] = []
         self.kv_used = lambda: 0
         self.cache_stats: Callable[[], dict | None] = lambda: None  # None: unchanged since last sent
+        self.parked_stats: Callable[[], dict | None] = lambda: None  # the same
         self.jobs: dict[int, JobHandle] = {}
 
     def put(self, item: tuple[int, EngineEvent]) -> None:
@@ -59,6 +60,9 @@ class Outbox:
         stats = self.cache_stats()
         if stats is not None:
             self.send(("cache", stats))
+        parked = self.parked_stats()
+        if parked is not None:
+            self.send(("parked", parked))
 
     def send(self, message: tuple) -> None:
         write_message(self._fd, message)
@@ -91,10 +95,12 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
         return
     outbox.kv_used = executor.kv_used
     outbox.cache_stats = executor.cache_stats
+    outbox.parked_stats = executor.parked_stats
     outbox.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                            "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                            "repack": (settings.load or LoadParams()).repack,
-                           "prompt_cache": executor.cache_stats(changed_only=False)}))
+                           "prompt_cache": executor.cache_stats(changed_only=False),
+                           "parked": executor.parked_stats(changed_only=False)}))
     status = 0
     try:
         status = serve(conn, executor, outbox)

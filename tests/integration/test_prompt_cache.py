@@ -225,3 +225,34 @@ def test_a_restored_prefix_gives_the_same_greedy_text_as_a_computed_one(tmp_path
         second.close()
     assert restored.cached_tokens == len(prefix)
     assert restored_text == computed_text
+
+
+def turn(server: GatewayServer, messages: list[dict]) -> tuple[str, dict]:
+    r = requests.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": ALIAS, "max_tokens": 8, "temperature": 0, "messages": messages})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["choices"][0]["message"]["content"], body["usage"]
+
+
+@pytest.mark.parametrize("parked_kv_max_bytes", [-1, 0])
+def test_a_conversation_whose_sequence_serves_another_comes_back_from_the_park(tmp_path, parked_kv_max_bytes):
+    """Two conversations on two sequences: the second takes the first one's sequence (it shares the template's
+    opening with it), so its cells are overwritten. Parked first (the default), the first conversation's next turn
+    gets its state back and counts it as cached; with parking off it is computed again. `/api/ps` shows the park."""
+    cfg = {"aliases": {ALIAS: MODEL}, "parallel": 2, "n_ctx": 2048, "parked_kv_max_bytes": parked_kv_max_bytes}
+    with GatewayServer(tmp_path, cfg) as gw:
+        rome = [{"role": "system", "content": "You are a guide to the city of Rome and its long history."},
+                {"role": "user", "content": "Name one old bridge over the river."}]
+        answer, first = turn(gw, rome)
+        turn(gw, [{"role": "system", "content": "You write short recipes for bread."},
+                  {"role": "user", "content": "What does a sourdough starter need?"}])
+        _, second = turn(gw, [*rome, {"role": "assistant", "content": answer},
+                              {"role": "user", "content": "And one old church?"}])
+        runner = requests.get(gw.url + "/api/ps", timeout=30).json()["models"][0]["runner"]
+    if parked_kv_max_bytes:
+        assert cached(second) >= first["prompt_tokens"] - 1
+        assert runner["parked"]["restored"] >= 1 and runner["parked"]["parked"] >= 2
+    else:
+        assert cached(second) < first["prompt_tokens"] // 2
+        assert "parked" not in runner

@@ -305,12 +305,19 @@
   // prompt after its match that it kept cacheable.
   function cacheText(m) {
     const c = m.prompt_cache;
-    if (!c) return 'off';
-    const tries = c.hits + c.misses;
-    const parts = [c.entries + (c.entries === 1 ? ' prefix' : ' prefixes') + (c.bytes ? ', ' + bytes(c.bytes) : '')];
-    if (tries) parts.push('hits ' + c.hits + ' / ' + tries + ' (' + Math.round((100 * c.hits) / tries) + '%)');
-    if (c.restored_tokens) parts.push(number(c.restored_tokens) + ' tokens restored');
-    if (c.warms) parts.push(c.warms + (c.warms === 1 ? ' warm' : ' warms'));
+    const parts = [];
+    if (c) {
+      const tries = c.hits + c.misses;
+      parts.push(c.entries + (c.entries === 1 ? ' prefix' : ' prefixes') + (c.bytes ? ', ' + bytes(c.bytes) : ''));
+      if (tries) parts.push('hits ' + c.hits + ' / ' + tries + ' (' + Math.round((100 * c.hits) / tries) + '%)');
+      if (c.restored_tokens) parts.push(number(c.restored_tokens) + ' tokens restored');
+      if (c.warms) parts.push(c.warms + (c.warms === 1 ? ' warm' : ' warms'));
+    } else {
+      parts.push('off');
+    }
+    const p = m.parked;  // idle sequences' states parked in memory, out of the KV cache
+    if (p && p.parked) parts.push(p.entries + ' parked' + (p.bytes ? ', ' + bytes(p.bytes) : '')
+      + (p.restored ? ', ' + p.restored + ' restored' : ''));
     return parts.join(' · ');
   }
 
