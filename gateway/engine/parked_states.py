@@ -3,8 +3,8 @@
 llama.cpp's unified KV cache computes attention over every cell up to the highest one in use (`used_max_p1`,
 padded to 256), for every token of every step, whether a cell belongs to the token's sequence or not. Cells
 that idle sequences keep for prefix reuse are paid for by every running stream: after a burst of 16 streams of
-SmolLM2, 8 streams decoded over 2,105 cells instead of about 1,100, and made 10-20% fewer tokens a second than
-the same 8 streams had before the burst (bench/README.md, "Idle sequences parked out of the window").
+SmolLM2, 8 streams decoded over 2,105 cells instead of about 1,100 (bench/README.md, "Idle sequences parked out
+of the window").
 
 So when a job starts, every other idle sequence's state is copied out (`llama_state_seq_get_data`) and its cells
 freed, as llama-server does with its idle slots (`--cache-ram` with `--cache-idle-slots`, both on by default);
