@@ -9,13 +9,12 @@ of the window").
 So when a job starts, every other idle sequence's state is copied out (`llama_state_seq_get_data`) and its cells
 freed, as llama-server does with its idle slots (`--cache-ram` with `--cache-idle-slots`, both on by default);
 and a sequence taken for a prompt that shares little with what it holds is copied out before it is overwritten
-(the executor decides which).
-A later prompt that starts with a parked sequence's tokens, where the KV cache holds less of it, gets the state
-copied back (`llama_state_seq_set_data`) instead of being prefilled: about 23 KB a token for SmolLM2, a copy of
-microseconds, against milliseconds of prefill per token on a CPU.
+(the executor decides which). A later prompt that starts with a parked sequence's tokens, where the KV cache
+holds less of it, gets the state copied back (`llama_state_seq_set_data`) instead of being prefilled: about
+23 KB a token for SmolLM2, a copy of microseconds, against milliseconds of prefill per token on a CPU.
 
-Parked states are kept by least recent use within `max_bytes` (for one model). Everything here runs on the
-decode thread, which alone owns the llama context.
+Parked states are kept within `max_bytes` (for one model), the least recently parked dropped first. Everything
+here runs on the decode thread, which alone owns the llama context.
 """
 
 from __future__ import annotations
