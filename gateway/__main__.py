@@ -106,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Neither format shows where a line was logged from, nor the thread or process: the logging HOWTO's
-    # "Optimization" turns their collection off (a request's log line cost a third of a cheap request's CPU).
+    # No format shows where a line was logged from, or the thread: the logging HOWTO's "Optimization" turns their
+    # collection off (a request's log line cost a third of a cheap request's CPU). gunicorn's own lines show the
+    # process id, so that is kept.
     logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logThreads = logging.logMultiprocessing = False
     if settings.log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())

@@ -280,12 +280,12 @@ class LocalBackend(Backend):
             health="ok" if runner.alive else "crashed", pid=runner.pid,
             repack=(self._settings.load or LoadParams()).repack, busy=stats["busy"], waiting=stats["waiting"],
             kv_used=min(stats["kv_used"], self.n_ctx), restarts=self.restarts, crashes=list(self.crashes),
-            note=self.note, prompt_cache=self._cache_stats(runner), parked=runner.parked_stats,
+            note=self.note, prompt_cache=self._cache_stats(runner), parked=runner.engine_stats.get("parked"),
             prompt_rules=self.rules.counts())
 
     def _cache_stats(self, runner: RunnerProcess) -> dict | None:
         """The runner's persistent prompt cache numbers with the warms counted here (None: the cache is off)."""
-        stats = runner.cache_stats
+        stats = runner.engine_stats.get("prompt_cache")
         return None if stats is None else {**stats, "warms": self.warms}
 
     def close(self) -> None:

@@ -66,7 +66,7 @@ class RunnerProcess:
         self._stopping = False
         self.decoded = False  # a token came back: the runner survived its first decode
         self.kv_used = 0
-        self.cache_stats: dict | None = None  # the persistent prompt cache's numbers, as the runner last sent them
+        self.engine_stats: dict[str, dict | None] = {}  # `prompt_cache` and `parked`, as the runner last sent them
         self.exitcode: int | None = None
         context = multiprocessing.get_context("spawn")  # never fork a process that runs llama.cpp or gunicorn
         self._conn, child_end = context.Pipe()
@@ -77,8 +77,7 @@ class RunnerProcess:
         child_end.close()
         self._messages = MessageReader(self._conn.fileno())
         self.facts, early = self._wait_ready(load_timeout)
-        self.cache_stats = self.facts.get("prompt_cache")
-        self.parked_stats: dict | None = self.facts.get("parked")  # idle sequences' parked states (None: off)
+        self.engine_stats = dict(self.facts.get("stats") or {})
         self.pid = self.process.pid
         self._gone = threading.Event()  # set once the process is reaped and everyone in flight was told
         readable = select.poll()  # one poll object for the runner's life: `Connection.poll` builds one per call
@@ -248,10 +247,8 @@ class RunnerProcess:
         if message[0] == "events":
             self._route(message[1])
             self.kv_used = message[2]
-        elif message[0] == "cache":
-            self.cache_stats = message[1]
-        elif message[0] == "parked":
-            self.parked_stats = message[1]
+        elif message[0] == "stats":
+            self.engine_stats = {**self.engine_stats, **message[1]}  # a new dict: readers see one or the other
         elif message[0] == "embedded":
             with self._lock:
                 reply = self._embeds.pop(message[1], None)

@@ -105,8 +105,7 @@ class Executor:
         if parked < 0:
             parked = self.n_ctx * self._kv_bytes_per_token()
         self._parked = ParkedStates(parked) if parked > 0 else None
-        self._store_sent = -1  # the store's stats version last reported by `cache_stats`
-        self._parked_sent = -1  # the same for `parked_stats`
+        self._stats_sent: dict[str, int] = {}  # each stats source's version last reported by `stats`
         self._submit_lock = threading.Lock()  # taken by request threads only, never by the loop
         self._submitted = 0
         self._ended = 0  # jobs that have left (finished, cancelled, failed); written by the loop thread only
@@ -182,22 +181,16 @@ class Executor:
         n_embd_kv = self.model.n_embd * llama_cpp.llama_model_n_head_kv(model) // n_head
         return 4 * llama_cpp.llama_model_n_layer(model) * n_embd_kv + 16
 
-    def cache_stats(self, changed_only: bool = True) -> dict | None:
-        """The persistent prompt cache's numbers (None without one, or when unchanged since the last call)."""
-        store = self._store
-        if store is None or (changed_only and store.version == self._store_sent):
-            return None
-        self._store_sent = store.version
-        return store.stats()
-
-    def parked_stats(self, changed_only: bool = True) -> dict | None:
-        """The parked idle states' numbers (parked_states.py); None when parking is off, or when unchanged
-        since the last call."""
-        parked = self._parked
-        if parked is None or (changed_only and parked.version == self._parked_sent):
-            return None
-        self._parked_sent = parked.version
-        return parked.stats()
+    def stats(self, changed_only: bool = True) -> dict[str, dict | None]:
+        """The numbers of the persistent prompt cache (`prompt_cache`) and of the park (`parked`), None for one
+        that is off; with `changed_only`, only those whose version moved since the last call."""
+        out: dict[str, dict | None] = {}
+        for name, source in (("prompt_cache", self._store), ("parked", self._parked)):
+            version = -1 if source is None else source.version
+            if not changed_only or self._stats_sent.get(name) != version:
+                self._stats_sent[name] = version
+                out[name] = None if source is None else source.stats()
+        return out
 
     def kv_used(self) -> int:
         """KV cells the sequences hold; a runner sends it with every step's events."""

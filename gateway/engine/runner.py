@@ -9,8 +9,8 @@ send per step, not one per token.
 Messages, parent → runner (a `multiprocessing` Connection): ("submit", job_id, GenerationJob), ("cancel",
 job_id), ("embed", reply_id, token lists), ("stop",). Runner → parent, on the same pipe in the framing of
 `gateway/engine/wire.py`: ("ready", facts), ("load_failed", text), ("events", [(job_id, event)...], kv_used),
-("embedded", reply_id, vectors or GatewayError), ("cache", the persistent prompt cache's stats) after a step
-that changed them.
+("embedded", reply_id, vectors or GatewayError), ("stats", {"prompt_cache" | "parked": numbers or None}) after a
+step that changed them.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class Outbox:
         self._fd = conn.fileno()
         self._items: list[tuple[int, EngineEvent]] = []
         self.kv_used = lambda: 0
-        self.cache_stats: Callable[[], dict | None] = lambda: None  # None: unchanged since last sent
-        self.parked_stats: Callable[[], dict | None] = lambda: None  # the same
+        self.stats: Callable[[], dict] = dict  # the executor's numbers that changed since last sent
         self.jobs: dict[int, JobHandle] = {}
 
     def put(self, item: tuple[int, EngineEvent]) -> None:
@@ -57,12 +56,9 @@ class Outbox:
                 if isinstance(event, Finished):
                     self.jobs.pop(job_id, None)
             self.send(("events", [(job_id, compact_event(event)) for job_id, event in items], self.kv_used()))
-        stats = self.cache_stats()
-        if stats is not None:
-            self.send(("cache", stats))
-        parked = self.parked_stats()
-        if parked is not None:
-            self.send(("parked", parked))
+        stats = self.stats()
+        if stats:
+            self.send(("stats", stats))
 
     def send(self, message: tuple) -> None:
         write_message(self._fd, message)
@@ -94,13 +90,11 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
         outbox.send(("load_failed", str(exc)))
         return
     outbox.kv_used = executor.kv_used
-    outbox.cache_stats = executor.cache_stats
-    outbox.parked_stats = executor.parked_stats
+    outbox.stats = executor.stats
     outbox.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                            "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                            "repack": (settings.load or LoadParams()).repack,
-                           "prompt_cache": executor.cache_stats(changed_only=False),
-                           "parked": executor.parked_stats(changed_only=False)}))
+                           "stats": executor.stats(changed_only=False)}))
     status = 0
     try:
         status = serve(conn, executor, outbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 
+import llama_cpp
 import pytest
 
 from gateway.engine.executor import Executor, ExecutorSettings
@@ -159,8 +160,6 @@ def test_prompts_that_arrive_together_are_prefilled_one_after_the_other():
 
 def held_sequences(executor: Executor) -> int:
     """How many sequences hold cells in llama.cpp's KV cache (asked of llama.cpp, not of the executor's books)."""
-    import llama_cpp
-
     return sum(llama_cpp.llama_memory_seq_pos_max(executor._mem, s) >= 0 for s in range(executor.parallel))
 
 
@@ -182,7 +181,7 @@ def test_idle_sequences_are_parked_when_a_job_starts_and_restored_for_a_prompt_t
         longer = rome + tokens(ex, " Later the village grew.")
         events, _ = run(ex.submit(GenerationJob(longer, GREEDY, max_tokens=4)))
         assert events[0] == Started(len(longer), len(rome))
-        stats = ex.parked_stats(changed_only=False)
+        stats = ex.stats(changed_only=False)["parked"]
         if parked_max_bytes == 0:
             assert stats is None
         else:

@@ -48,7 +48,9 @@ def test_sighup_adds_a_model_and_keys_while_a_stream_runs_on(tmp_path: Path) -> 
         assert "trained length" in listed[MODEL]["context_reason"]
         shown = requests.post(server.url + "/api/show", json={"model": MODEL}, timeout=10).json()
         assert shown["context"] == {"size": 8192, "reason": listed[MODEL]["context_reason"]}
-        assert f"n_ctx 8192: {listed[MODEL]['context_reason']}" in server.log_path.read_text()
+        log_text = server.log_path.read_text()
+        assert f"n_ctx 8192: {listed[MODEL]['context_reason']}" in log_text
+        assert "Booting worker with pid" in log_text and "Logging error" not in log_text  # gunicorn's lines too
         health = requests.get(server.url + "/health", timeout=10).json()
         assert any(d["type"] == "cpu" and d["memory_total"] > 0 for d in health["devices"])
         compute = "GPU offload" if health["gpu_offload"] else "CPU only"
