@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from gateway.config import ConfigError, Settings, describe, load_settings
 from gateway.engine.cpu import cpu_features
+from gateway.engine.huge_pages import describe as describe_huge_pages
 from gateway.request_log import JsonFormatter
 
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(describe(settings))
             print(f"# {cpu_features().describe()}")
+            print(f"# {describe_huge_pages(settings.huge_pages)}")
             print(f"# {gpu_offload()}")
             return 0
         for spec in registry.specs():

@@ -20,6 +20,7 @@ from gateway.backends.upstream import UpstreamBackend
 from gateway.browser_guard import BrowserGuard
 from gateway.cache_warm import warm_route
 from gateway.config import Settings, key_policies, load_settings, memory_budget_bytes, prompt_rules
+from gateway.engine import huge_pages
 from gateway.engine.cpu import cpu_features
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.llama import ContextParams, LoadParams, check_tensor_split
@@ -84,7 +85,8 @@ def build_gateway(settings: Settings) -> Gateway:
                          prefill_chunk=settings.prefill_chunk, n_threads=settings.n_threads or None,
                          max_queue=settings.max_queue,
                          load=LoadParams(n_gpu_layers=settings.n_gpu_layers,
-                                         tensor_split=[float(x) for x in settings.tensor_split] or None),
+                                         tensor_split=[float(x) for x in settings.tensor_split] or None,
+                                         huge_pages=settings.huge_pages),
                          context=ContextParams(settings.flash_attn, settings.cache_type_k, settings.cache_type_v),
                          prompt_cache=PromptCacheSettings(settings.prompt_cache_dir, settings.prompt_cache_min_tokens,
                                                           settings.prompt_cache_max_bytes),
@@ -123,6 +125,7 @@ def store_root(settings: Settings) -> str | None:
 def create_app(settings: Settings | None = None, preload: bool = True) -> Flask:
     settings = settings or load_settings()
     log.info("%s", cpu_features().describe())
+    log.info("%s", huge_pages.describe(settings.huge_pages))
     gateway = build_gateway(settings)
     pinned = [gateway.registry.resolve(name) for name in settings.pinned]
     gateway.pool.settings.pinned = {spec.name for spec in pinned}

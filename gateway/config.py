@@ -68,7 +68,7 @@ SETTINGS: list[Setting] = [
     Setting("models", [], list, "Models with their own settings: name, path, aliases, parallel, n_ctx, "
                                 "n_gpu_layers, split_mode, main_gpu, tensor_split, n_threads, repack (weights "
                                 "repacked for the CPU: default on, off on CPUs with AMX, where llama.cpp #20824 "
-                                "crashes), keep_alive, pinned, system, parameters (Ollama option names: "
+                                "crashes), huge_pages, keep_alive, pinned, system, parameters (Ollama option names: "
                                 "temperature, stop, num_ctx...), chat_format (how it writes tool calls: hermes, "
                                 "mistral, llama3, generic; default: from its template), tool_choice (what "
                                 "`auto` means for it: auto, or required for models too small to call tools "
@@ -110,6 +110,11 @@ SETTINGS: list[Setting] = [
                                         "context in the same memory)."),
     Setting("cache_type_v", "f16", str, "KV cache element type of V, as cache_type_k; a quantized V cache needs "
                                         "flash_attn auto or on."),
+    Setting("huge_pages", True, bool, "Read each local model's weights into its runner's memory on 2 MiB "
+                                      "transparent huge pages instead of mapping the file (Linux with glibc "
+                                      "2.35+, huge pages not `never`): a single stream decodes 4-6% faster on a "
+                                      "CPU; the weights then count as the runner's own memory. Per model: "
+                                      "huge_pages."),
     Setting("n_gpu_layers", -1, int, "Layers offloaded to GPUs for models that set none: -1 all, 0 none. Only "
                                      "where this build of llama.cpp can offload (CUDA, Metal, Vulkan...)."),
     Setting("max_queue", 64, int, "Requests that may wait for a free sequence before new ones get 429."),
@@ -171,7 +176,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
                 "ollama_registry", "registry_hosts", "registry_private_networks", "store_changes")),
     ("Per-model overrides", ("models",)),
     ("Engine: every model's defaults", ("parallel", "n_ctx", "n_batch", "prefill_chunk", "n_threads",
-                                        "n_gpu_layers", "tensor_split", "flash_attn", "cache_type_k",
+                                        "n_gpu_layers", "tensor_split", "huge_pages", "flash_attn", "cache_type_k",
                                         "cache_type_v", "prompt_cache_dir", "prompt_cache_min_tokens",
                                         "prompt_cache_max_bytes", "parked_kv_max_bytes", "prompt_rules")),
     ("Limits and the model pool", ("max_queue", "request_timeout", "keep_alive", "max_loaded_models",

@@ -411,6 +411,9 @@ def _runner_facts(status) -> dict:
     """The engine's health as `/api/ps` shows it beside Ollama's fields (clients ignore keys they do not know)."""
     facts = {"kind": status.kind, "health": status.health, "pid": status.pid, "weight_repacking": status.repack,
              "restarts": status.restarts, "crashes": len(status.crashes)}
+    if status.huge_pages is not None:
+        facts["huge_pages"] = status.huge_pages
+        facts["huge_page_bytes"] = status.huge_page_bytes
     if status.crashes:
         facts["last_crash"] = status.crashes[-1]["reason"]
     if status.note:

@@ -74,6 +74,8 @@ class BackendStatus:
     pid: int | None = None
     n_threads: int | None = None
     repack: bool | None = None
+    huge_pages: bool | None = None  # weights in memory on huge pages (a local runner's)
+    huge_page_bytes: int = 0  # how much of the runner's memory is on them, as it reported after loading
     busy: int = 0
     waiting: int = 0
     kv_used: int = 0

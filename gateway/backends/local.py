@@ -275,10 +275,12 @@ class LocalBackend(Backend):
     def describe(self) -> BackendStatus:
         runner = self._runner
         stats = runner.stats()
+        load = self._settings.load or LoadParams()
         return BackendStatus(
             kind="local", n_ctx=self.n_ctx, parallel=self.parallel, n_threads=self.n_threads,
             health="ok" if runner.alive else "crashed", pid=runner.pid,
-            repack=(self._settings.load or LoadParams()).repack, busy=stats["busy"], waiting=stats["waiting"],
+            repack=load.repack, huge_pages=load.huge_pages, huge_page_bytes=runner.facts.get("huge_page_bytes", 0),
+            busy=stats["busy"], waiting=stats["waiting"],
             kv_used=min(stats["kv_used"], self.n_ctx), restarts=self.restarts, crashes=list(self.crashes),
             note=self.note, prompt_cache=self._cache_stats(runner), parked=runner.engine_stats.get("parked"),
             prompt_rules=self.rules.counts())

@@ -22,6 +22,7 @@ from typing import Callable
 
 from gateway.backends.base import Backend
 from gateway.backends.context_size import ContextChoice
+from gateway.engine import huge_pages
 from gateway.engine.cpu import resolve_repack
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.llama import ContextParams, LoadParams, devices, supports_gpu_offload
@@ -156,9 +157,10 @@ class ModelPool:
             raise GatewayError(ErrorKind.UNAVAILABLE, f"The model `{spec.name}` could not be loaded.") from exc
         seconds = time.monotonic() - started
         status = backend.describe()
-        log.info("loaded %s in %.2fs (%s, pid %s, n_ctx %d: %s; parallel %d, threads %s, weight repacking %s, ~%s)",
-                 spec.name, seconds, status.kind, status.pid, status.n_ctx, settings.n_ctx_reason or "as set",
-                 status.parallel, status.n_threads, "on" if status.repack else "off", _gib(size))
+        log.info("loaded %s in %.2fs (%s, pid %s, n_ctx %d: %s; parallel %d, threads %s, weight repacking %s, "
+                 "huge pages %s, ~%s)", spec.name, seconds, status.kind, status.pid, status.n_ctx,
+                 settings.n_ctx_reason or "as set", status.parallel, status.n_threads, "on" if status.repack else "off",
+                 f"on, {status.huge_page_bytes / 2**20:.0f} MiB" if status.huge_pages else "off", _gib(size))
         entry = Loaded(spec, backend, size, seconds, pinned=spec.pinned or spec.name in self.settings.pinned,
                        keep_alive=self.settings.keep_alive if spec.keep_alive is None else spec.keep_alive,
                        size_vram=self._vram_fn(spec, settings, size), in_use=1,
@@ -278,7 +280,8 @@ class ModelPool:
                         "size": entry.size, "size_vram": entry.size_vram, "in_use": entry.in_use,
                         "keep_alive_left": None if expires is None else max(0.0, expires - now),
                         "load_seconds": entry.load_seconds, "backend": status.kind, "health": status.health,
-                        "pid": status.pid, "repack": status.repack, "restarts": status.restarts,
+                        "pid": status.pid, "repack": status.repack, "huge_pages": status.huge_pages,
+                        "huge_page_bytes": status.huge_page_bytes, "restarts": status.restarts,
                         "crashes": len(status.crashes),
                         "last_crash": status.crashes[-1] if status.crashes else None, "note": status.note,
                         "context_reason": entry.context_reason, "endpoints": status.endpoints,
@@ -364,7 +367,9 @@ class ModelPool:
             max_queue=base.max_queue,
             load=LoadParams(n_gpu_layers=_gpu_layers(options, spec, base.load), split_mode=spec.split_mode,
                             main_gpu=spec.main_gpu, tensor_split=spec.tensor_split or server_load.tensor_split,
-                            repack=resolve_repack(spec.repack)),
+                            repack=resolve_repack(spec.repack),
+                            huge_pages=huge_pages.resolve(server_load.huge_pages if spec.huge_pages is None
+                                                          else spec.huge_pages)),
             context=ContextParams(flash_attn=spec.flash_attn or base.context.flash_attn,
                                   cache_type_k=spec.cache_type_k or base.context.cache_type_k,
                                   cache_type_v=spec.cache_type_v or base.context.cache_type_v,

@@ -24,9 +24,10 @@ import time
 from multiprocessing.connection import wait
 
 from gateway.backends.shared_reader import IDLE_POLL_SECONDS, SharedReader
-from gateway.engine import runner
+from gateway.engine import huge_pages, runner
 from gateway.engine.executor import ExecutorSettings
 from gateway.engine.jobs import Finished, GenerationJob, JobHandle, Piece, Started, check_queue
+from gateway.engine.llama import LoadParams
 from gateway.engine.wire import MessageReader, expand_event
 from gateway.time_slice import DefaultSlice
 from gateway.types import ErrorKind, GatewayError
@@ -72,7 +73,8 @@ class RunnerProcess:
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=runner.run, args=(child_end, name, path, settings, log_level),
                                        name=f"runner-{name}", daemon=True)
-        with DefaultSlice():  # the runner's decode threads keep the kernel's default slice
+        # the runner's decode threads keep the kernel's default slice; its weights may go on huge pages
+        with DefaultSlice(), huge_pages.SpawnEnvironment((settings.load or LoadParams()).huge_pages):
             self.process.start()
         child_end.close()
         self._messages = MessageReader(self._conn.fileno())

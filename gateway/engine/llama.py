@@ -167,7 +167,7 @@ class LoadParams:
     split_mode: str = "layer"
     main_gpu: int = 0
     tensor_split: list[float] | None = None
-    use_mmap: bool = True
+    huge_pages: bool = False  # weights read into memory on huge pages instead of mapped (engine/huge_pages.py)
     repack: bool = True  # llama.cpp's extra buffer types (weights repacked for the CPU); see engine/cpu.py
     vocab_only: bool = False  # the API process's copy: templates and tokens, no weights
     extra: dict = field(default_factory=dict)
@@ -180,6 +180,8 @@ def model_params(params: LoadParams):
     mp.split_mode = SPLIT_MODES[params.split_mode]
     mp.main_gpu = params.main_gpu
     mp.use_extra_bufts = params.repack
+    if params.huge_pages:  # read into memory that can be on huge pages, not mapped from the file
+        mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
     mp.vocab_only = params.vocab_only
     split = None
     if params.tensor_split:

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Callable
 
 from gateway.engine.executor import Executor, ExecutorSettings
+from gateway.engine.huge_pages import huge_page_bytes
 from gateway.engine.jobs import EngineEvent, Finished, JobHandle
 from gateway.engine.llama import LoadParams
 from gateway.engine.wire import compact_event, write_message
@@ -94,6 +95,7 @@ def run(conn: Connection, name: str, path: str, settings: ExecutorSettings, log_
     outbox.send(("ready", {"pid": os.getpid(), "n_ctx": executor.n_ctx, "parallel": executor.parallel,
                            "n_threads": executor.n_threads, "embedding_window": executor.embedding_window,
                            "repack": (settings.load or LoadParams()).repack,
+                           "huge_page_bytes": huge_page_bytes(),
                            "stats": executor.stats(changed_only=False)}))
     status = 0
     try:

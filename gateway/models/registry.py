@@ -55,6 +55,7 @@ class ModelSpec:
     cache_type_v: str | None = None
     lora: list[tuple[str, float]] = field(default_factory=list)  # LoRA adapters (file, scale) on generation
     repack: bool | None = None  # repack weights for the CPU; None: yes, unless the CPU has AMX (engine/cpu.py)
+    huge_pages: bool | None = None  # weights in memory on huge pages (engine/huge_pages.py); None: the server's
     keep_alive: float | None = None  # seconds idle before unloading; None: the server's keep_alive
     pinned: bool = False
     system: str | None = None  # default system prompt (an Ollama SYSTEM layer, or config)
@@ -89,6 +90,7 @@ _ENTRY_KEYS: dict[str, tuple[type, bool]] = {
     "cache_type_v": (str, True),
     "lora": (list, True),
     "repack": (bool, True),
+    "huge_pages": (bool, True),
     "keep_alive": ((int, float, str), True),
     "pinned": (bool, False),
     "system": (str, True),

@@ -16,6 +16,7 @@ import openai
 import pytest
 import requests
 
+from gateway.engine import huge_pages
 from gateway.models.embedded import embedded_model_path
 from gateway.time_slice import slice_ns
 from tests.integration.support import DEFAULT_CONFIG, MODEL, GatewayServer, descendants
@@ -34,7 +35,8 @@ def server(tmp_path_factory):
     CACHE.mkdir(parents=True, exist_ok=True)
     gemma_test_model(CACHE)
     config = {**DEFAULT_CONFIG, "parallel": 2, "n_ctx": 1024, "keep_alive": -1,
-              "models": [{"name": "smol-repacked", "path": embedded_model_path(), "repack": True}]}
+              "models": [{"name": "smol-repacked", "path": embedded_model_path(), "repack": True},
+                         {"name": "smol-mapped", "path": embedded_model_path(), "huge_pages": False}]}
     with GatewayServer(tmp_path_factory.mktemp("faults"), config, extra_args=["--models-dir", str(CACHE)],
                        log_level="info") as gw:
         yield gw
@@ -176,6 +178,24 @@ def test_the_api_threads_have_the_short_slice_and_the_runners_threads_the_kernel
         assert api == {100_000} and decode and 100_000 not in decode
     else:  # a kernel before 6.12: nothing changed, and the log said why
         assert "the kernel's default (" in said and api == decode
+
+
+def test_weights_are_on_huge_pages_where_the_system_has_them_and_mapped_from_the_file_when_turned_off(server):
+    """What /api/ps says against the runner's own memory map: with huge pages the GGUF file is not mapped and
+    part of the runner's memory is on huge pages; with `huge_pages: false` the file is mapped as before."""
+    path = os.path.realpath(embedded_model_path())
+    default, mapped = runner(server), runner(server, "smol-mapped")
+    assert "model weights" in server.log_path.read_text()  # the startup line says which
+    maps = {name: Path(f"/proc/{facts['pid']}/maps").read_text() for name, facts in
+            (("default", default), ("mapped", mapped))}
+    assert mapped["huge_pages"] is False and path in maps["mapped"]
+    if huge_pages.unavailable_reason() is None:
+        assert default["huge_pages"] is True and default["huge_page_bytes"] > 0
+        assert path not in maps["default"]
+        tunables = Path(f"/proc/{default['pid']}/environ").read_bytes().split(b"\0")
+        assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in tunables
+    else:  # no huge pages here: the default falls back to mapping, and says so
+        assert default["huge_pages"] is False and path in maps["default"]
 
 
 def test_the_dashboard_feed_shows_crashes_and_restarts(server):
