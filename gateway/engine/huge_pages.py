@@ -38,7 +38,7 @@ def unavailable_reason(thp_path: str = THP_ENABLED, libc: str | None = None) -> 
     """Why weights cannot go on huge pages here, or None when they can."""
     if not sys.platform.startswith("linux"):
         return f"not on {sys.platform} (Linux only)"
-    libc = libc if libc is not None else (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    libc = libc if libc is not None else _libc_version()
     name, _, version = libc.partition(" ")
     if name != "glibc":
         return "the C library is not glibc"
@@ -55,6 +55,14 @@ def unavailable_reason(thp_path: str = THP_ENABLED, libc: str | None = None) -> 
     if "[never]" in modes:
         return "transparent huge pages are off on this system ([never])"
     return None
+
+
+def _libc_version() -> str:
+    """`glibc 2.36`; empty where the C library does not say (musl raises for the name)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        return ""
 
 
 def resolve(wanted: bool) -> bool:

@@ -91,3 +91,10 @@ def test_huge_page_bytes_reads_smaps_rollup(tmp_path):
     rollup.write_text("55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:  350628 kB\nAnonHugePages:  294912 kB\n")
     assert huge_pages.huge_page_bytes(str(rollup)) == 294912 * 1024
     assert huge_pages.huge_page_bytes(str(tmp_path / "missing")) == 0
+
+
+def test_a_c_library_that_does_not_name_itself_is_not_glibc(monkeypatch):
+    def no_such_name(name):
+        raise ValueError("unrecognized configuration name")
+    monkeypatch.setattr(os, "confstr", no_such_name)
+    assert "not glibc" in huge_pages.unavailable_reason()
