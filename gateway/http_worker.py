@@ -55,6 +55,15 @@ def close(sock: socket.socket, unread: bool) -> None:
         sock.close()
 
 
+def defer_accept(listener: socket.socket) -> None:
+    """A TCP listener wakes a thread when a connection's first bytes arrive, not at its handshake: an HTTP client
+    speaks first, so the thread finds the request there instead of sleeping again until it comes. Each wake-up
+    takes a core from a decode thread for a moment; this is one fewer per connection."""
+    if listener.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_DEFER_ACCEPT"):
+        with contextlib.suppress(OSError):
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+
+
 class GatewayWorker(Worker):
     """See the module docstring."""
 
@@ -83,6 +92,7 @@ class GatewayWorker(Worker):
         self.addresses = {listener.fileno(): listener.getsockname() for listener in self.sockets}
         for listener in self.sockets:
             listener.setblocking(False)
+            defer_accept(listener)
         for i in range(self.cfg.threads):
             threading.Thread(target=self._thread, name=f"http-{i}", daemon=True).start()
         while self.alive:

@@ -103,7 +103,12 @@ class ModelPool:
         self._loaded: dict[str, Loaded] = {}
         self._loading: dict[str, int] = {}  # name → estimated bytes, while a thread loads it
         self._retiring: list[Loaded] = []  # replaced models still finishing requests (they still use memory)
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # requests waiting for room or for a load
+        # The reaper waits on a condition of its own, woken only when an expiry comes before the one it waits
+        # for: releases happen on every request, and a wake-up per request is a core taken from the decode.
+        self._reaper_cond = threading.Condition(lock)
+        self._reap_at = float("inf")  # monotonic time the reaper wakes at by itself
         self._closed = False
         self._reaper = threading.Thread(target=self._reap, name="model-reaper", daemon=True)
         self._reaper.start()
@@ -214,6 +219,8 @@ class ModelPool:
                     del self._loaded[entry.spec.name]
                 else:
                     entry.expires_at = None if entry.keep_alive < 0 else entry.last_used + entry.keep_alive
+                    if entry.expires_at is not None and entry.expires_at < self._reap_at:
+                        self._reaper_cond.notify()
             self._cond.notify_all()
         if unload_now:
             self._close(entry, why)
@@ -313,13 +320,15 @@ class ModelPool:
             self._loaded.clear()
             self._retiring = []
             self._cond.notify_all()
+            self._reaper_cond.notify()
         for entry in entries:
             entry.backend.close()
 
     # -- internals -------------------------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        """Unload idle models whose keep_alive has run out; wakes at the next expiry or on any change."""
+        """Unload idle models whose keep_alive has run out; wakes at the next expiry, or when a release sets an
+        earlier one."""
         while True:
             with self._cond:
                 if self._closed:
@@ -333,7 +342,10 @@ class ModelPool:
                     upcoming = [e.expires_at for e in self._loaded.values()
                                 if not e.in_use and e.expires_at is not None]
                     # bounded: a keep_alive of centuries must not overflow the wait (threading.TIMEOUT_MAX)
-                    self._cond.wait(min(min(upcoming) - now, REAP_WAIT_MAX) if upcoming else None)
+                    wait = min(min(upcoming) - now, REAP_WAIT_MAX) if upcoming else REAP_WAIT_MAX
+                    self._reap_at = now + wait
+                    self._reaper_cond.wait(wait)
+                    self._reap_at = float("inf")
                     continue
                 self._cond.notify_all()
             for entry in expired:

@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import struct
+import time
 
 import pytest
 
@@ -198,3 +199,15 @@ def test_clients_that_reset_at_once_cost_no_thread(server) -> None:
         with connect(server) as sock:
             sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert read_response(sock, bytearray())[0] == 200
+
+
+def test_a_client_that_speaks_only_after_the_deferred_accept_is_served(server) -> None:
+    """The listener wakes a thread when a connection's first bytes arrive (TCP_DEFER_ACCEPT, 1 s); a client that
+    connects and sends its request later than that is still answered, and one that sends at once too."""
+    with connect(server) as late, connect(server) as prompt:
+        prompt.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(prompt, bytearray())[0] == 200
+        time.sleep(2.5)
+        late.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status, _, body = read_response(late, bytearray())
+        assert status == 200 and json.loads(body)["version"]

@@ -78,6 +78,16 @@ def test_idle_models_expire_after_their_keep_alive():
     assert "a" not in pool.loaded()
 
 
+def test_a_release_with_a_shorter_keep_alive_wakes_the_reaper_for_the_earlier_expiry():
+    # the reaper sleeps until the expiry it knows (an hour away) and is woken only for an earlier one
+    pool, loads = make_pool(keep_alive=3600)
+    pool.acquire(spec("a")).release()
+    time.sleep(0.1)  # the reaper now waits for the hour
+    pool.acquire(spec("a")).release(0.2)
+    assert loads.executors[0].closed.wait(3)
+    assert "a" not in pool.loaded()
+
+
 def test_negative_keep_alive_keeps_a_model_forever():
     pool, _ = make_pool(keep_alive=0.1)
     pool.acquire(spec("a")).release(-1)
