@@ -14,8 +14,9 @@ the master that `serve` reloads and stops (`reload.py`, `shutdown.py`), and does
 - After a response the serving thread waits a few milliseconds for the client's next move: a client that closes
   is closed there, a next request is served on the same thread, and only a client that stays quiet goes back to
   the epoll set, where the main thread closes it after `keepalive` seconds.
-- The send timeout (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops arriving) is set once per connection: a
-  client that stops reading cannot hold a thread longer than `send_timeout`, and a write is one system call.
+- The send timeout (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops arriving) is set once on the listeners,
+  and every connection inherits it: a client that stops reading cannot hold a thread longer than `send_timeout`,
+  and a write is one system call.
 - The main thread beats the arbiter's heartbeat, stops accepting at `worker_connections`, and on SIGTERM stops
   accepting, closes idle connections and waits up to `graceful_timeout` for the rest (`shutdown.py` ends what
   still streams by then, each with its family's final error).
@@ -55,13 +56,32 @@ def close(sock: socket.socket, unread: bool) -> None:
         sock.close()
 
 
-def defer_accept(listener: socket.socket) -> None:
-    """A TCP listener wakes a thread when a connection's first bytes arrive, not at its handshake: an HTTP client
-    speaks first, so the thread finds the request there instead of sleeping again until it comes. Each wake-up
-    takes a core from a decode thread for a moment; this is one fewer per connection."""
-    if listener.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_DEFER_ACCEPT"):
-        with contextlib.suppress(OSError):
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+def timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+
+
+def set_timeouts(sock: socket.socket, seconds: float) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
+
+
+def prepare_listener(listener: socket.socket, send_timeout: float) -> bool:
+    """Options a TCP listener's connections inherit from it, set once instead of per connection; whether they do
+    (a unix socket's connections do not: set theirs with `set_timeouts`).
+
+    - The send timeout (SO_SNDTIMEO, and SO_RCVTIMEO for a body that stops arriving): a client that stops reading
+      cannot hold a thread longer than `send_timeout`, and a write stays one system call.
+    - A TCP listener wakes a thread when a connection's first bytes arrive, not at its handshake
+      (TCP_DEFER_ACCEPT): an HTTP client speaks first, so the thread finds the request there instead of sleeping
+      again until it comes.
+
+    Each system call and wake-up of a cheap request takes a core from a decode thread for a moment."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    set_timeouts(listener, send_timeout)
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not Linux
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+    return True
 
 
 class GatewayWorker(Worker):
@@ -71,6 +91,7 @@ class GatewayWorker(Worker):
         self.epoll = select.epoll()  # the listeners, and kept-alive connections armed for one event each
         self.listeners: dict[int, socket.socket] = {}
         self.addresses: dict[int, tuple] = {}  # each listener's own address, for the environ
+        self.timeouts_per_connection: set[int] = set()  # listeners whose connections do not inherit the timeouts
         self.parked: dict[int, Connection] = {}  # kept-alive connections waiting in `epoll`, by descriptor
         self.open = 0  # connections accepted and not closed yet
         self.lock = threading.Lock()  # over `parked` and `open`
@@ -85,14 +106,14 @@ class GatewayWorker(Worker):
 
     def run(self) -> None:
         """The main thread: heartbeats, the connection limit, expiry of idle connections, and the stop."""
-        seconds = self.wsgi.extensions["gateway"].settings.send_timeout
-        self.timeouts = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+        self.send_timeout = self.wsgi.extensions["gateway"].settings.send_timeout
         self.base = base_environ(self.sockets[0].getsockname())
         self.listeners = {listener.fileno(): listener for listener in self.sockets}
         self.addresses = {listener.fileno(): listener.getsockname() for listener in self.sockets}
         for listener in self.sockets:
             listener.setblocking(False)
-            defer_accept(listener)
+            if not prepare_listener(listener, self.send_timeout):
+                self.timeouts_per_connection.add(listener.fileno())
         for i in range(self.cfg.threads):
             threading.Thread(target=self._thread, name=f"http-{i}", daemon=True).start()
         while self.alive:
@@ -180,12 +201,12 @@ class GatewayWorker(Worker):
             if self.accepting:
                 with contextlib.suppress(OSError):  # unregistered meanwhile: the worker stops, or is full
                     self.epoll.modify(fd, ONE_EVENT)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.timeouts)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.timeouts)
-        except OSError:  # reset before we got to it
-            sock.close()
-            return None
+        if fd in self.timeouts_per_connection:
+            try:
+                set_timeouts(sock, self.send_timeout)
+            except OSError:  # reset before we got to it
+                sock.close()
+                return None
         with self.lock:
             self.open += 1
         return Connection(sock, client, self.addresses[fd])
