@@ -10,6 +10,7 @@ instruction-tuned models follow best.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -71,9 +72,12 @@ def chat_format(template: str, configured: str | None = None) -> ChatFormat:
     return GENERIC
 
 
+@functools.lru_cache(maxsize=256)
 def reasoning_markers(template: str) -> ReasoningMarkers | None:
     """The markers this model puts around its reasoning, or None for a model that does not reason. A template
-    that only mentions a thinking switch gets the common `<think>` pair."""
+    that only mentions a thinking switch gets the common `<think>` pair. Kept per template: every model listing
+    asks for each model's (a `thinking` capability), and the search of a long template costs tens of
+    microseconds."""
     for markers in REASONING_MARKERS:
         if markers.open in template and markers.close in template:
             return markers
